@@ -1,0 +1,115 @@
+/* realalloc OS shim. The contract for every function is in shim.h. */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef RA_PACKAGE_VERSION
+#error "build_shim.py passes RA_PACKAGE_VERSION"
+#endif
+
+#define RA_OS_PAGE ((uintptr_t)4096)
+
+const char *ra_shim_version(void) { return RA_PACKAGE_VERSION; }
+
+ra_heap_arena **ra_arena_l1[64];
+
+/* Fault-injection state.  Atomics: tests may arm it while threads allocate. */
+static int64_t fault_nfail[RA_OP_COUNT];
+static int64_t fault_every[RA_OP_COUNT];
+static int64_t fault_calls[RA_OP_COUNT];
+static int64_t fault_hits[RA_OP_COUNT];
+
+static int fault_fires(int op) {
+    if (__atomic_load_n(&fault_nfail[op], __ATOMIC_RELAXED) > 0 &&
+        __atomic_sub_fetch(&fault_nfail[op], 1, __ATOMIC_RELAXED) >= 0) {
+        __atomic_add_fetch(&fault_hits[op], 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    int64_t every = __atomic_load_n(&fault_every[op], __ATOMIC_RELAXED);
+    if (every > 0 && __atomic_add_fetch(&fault_calls[op], 1, __ATOMIC_RELAXED) % every == 0) {
+        __atomic_add_fetch(&fault_hits[op], 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return 0;
+}
+
+int ra_fault_set(int op, int64_t nfail, int64_t every) {
+    if (op < 0 || op >= RA_OP_COUNT || nfail < 0 || every < 0) return EINVAL;
+    __atomic_store_n(&fault_nfail[op], nfail, __ATOMIC_RELAXED);
+    __atomic_store_n(&fault_every[op], every, __ATOMIC_RELAXED);
+    __atomic_store_n(&fault_calls[op], 0, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int64_t ra_fault_hits(int op) {
+    if (op < 0 || op >= RA_OP_COUNT) return -1;
+    return __atomic_load_n(&fault_hits[op], __ATOMIC_RELAXED);
+}
+
+static int bad_range(uintptr_t addr, size_t size) {
+    return size == 0 || (addr & (RA_OS_PAGE - 1)) || (size & (RA_OS_PAGE - 1)) ||
+           addr + size < addr;
+}
+
+int ra_reserve(size_t size, size_t align, uintptr_t *out) {
+    if (bad_range(0, size) || align < RA_OS_PAGE || (align & (align - 1)) ||
+        size + align < size)
+        return EINVAL;
+    if (fault_fires(RA_OP_RESERVE)) return ENOMEM;
+    /* Over-reserve by `align` and trim both ends to get an aligned base. */
+    size_t span = size + align;
+    void *p = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return errno;
+    uintptr_t raw = (uintptr_t)p;
+    uintptr_t base = (raw + align - 1) & ~(uintptr_t)(align - 1);
+    if (base > raw) munmap(p, base - raw);
+    uintptr_t tail = raw + span - (base + size);
+    if (tail > 0) munmap((void *)(base + size), tail);
+    *out = base;
+    return 0;
+}
+
+int ra_commit(uintptr_t addr, size_t size) {
+    if (bad_range(addr, size)) return EINVAL;
+    if (fault_fires(RA_OP_COMMIT)) return ENOMEM;
+    return mprotect((void *)addr, size, PROT_READ | PROT_WRITE) ? errno : 0;
+}
+
+int ra_decommit(uintptr_t addr, size_t size) {
+    if (bad_range(addr, size)) return EINVAL;
+    /* MAP_FIXED over our own reservation drops the pages atomically. */
+    void *p = mmap((void *)addr, size, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    return p == MAP_FAILED ? errno : 0;
+}
+
+int ra_release(uintptr_t addr, size_t size) {
+    if (bad_range(addr, size)) return EINVAL;
+    if (fault_fires(RA_OP_RELEASE)) return ENOMEM;
+    return madvise((void *)addr, size, MADV_DONTNEED) ? errno : 0;
+}
+
+int ra_unmap(uintptr_t addr, size_t size) {
+    if (bad_range(addr, size)) return EINVAL;
+    return munmap((void *)addr, size) ? errno : 0;
+}
+
+int ra_resident(uintptr_t addr, size_t size, size_t *out) {
+    if (bad_range(addr, size)) return EINVAL;
+    size_t n = size / RA_OS_PAGE;
+    unsigned char *vec = malloc(n);
+    if (!vec) return ENOMEM;
+    int rc = mincore((void *)addr, size, vec) ? errno : 0;
+    size_t count = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) count += vec[i] & 1;
+    free(vec);
+    if (rc == 0) *out = count;
+    return rc;
+}
+
+void ra_memzero(uintptr_t addr, size_t size) { memset((void *)addr, 0, size); }

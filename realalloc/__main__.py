@@ -1,0 +1,3 @@
+from realalloc._cli import main
+
+raise SystemExit(main())

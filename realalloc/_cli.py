@@ -1,0 +1,93 @@
+"""Command line: ``python -m realalloc {tour,classes}``.
+
+See realalloc/__init__.py for an overview of the allocator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .mheap import MHeap
+from .osmem import PAGE_SIZE
+from .rss import rss
+from .sizeclasses import format_class_table
+
+__all__ = ["main"]
+
+_MIB = 1 << 20
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / _MIB:8.1f} MiB"
+
+
+def _heap_summary(heap: MHeap) -> str:
+    pages = heap.pages
+    os_stats = heap.os.stats()
+    return (
+        f"  arenas {len(heap.arenas)}   spans {sum(1 for _ in heap.live_spans())}\n"
+        f"  heap pages   {_mib(pages.npages_total * PAGE_SIZE)}"
+        f"   free {_mib(pages.npages_free * PAGE_SIZE)}"
+        f"   free+released {_mib(pages.npages_scavenged * PAGE_SIZE)}\n"
+        f"  OS           reserved {_mib(os_stats.reserved)}   ready {_mib(os_stats.ready)}"
+        f"   released {_mib(os_stats.released)}"
+    )
+
+
+def tour(out: object = None) -> int:
+    """Map real memory, allocate and free page runs, and show heap and RSS."""
+
+    def say(text: str = "") -> None:
+        print(text, file=sys.stdout if out is None else out)  # type: ignore[arg-type]
+
+    baseline = rss()
+    say(f"process RSS at start: {_mib(baseline)}")
+    sizes = [1, 2, 3, 8, 15, 64, 512, 1000, 4096]
+    with_heap = MHeap()
+    try:
+        spans = []
+        say("\nallocating runs of pages and writing a pattern into every byte:")
+        say(f"  {'pages':>6} {'bytes':>10} {'base':>16}")
+        for i, npages in enumerate(sizes):
+            span = with_heap.alloc_manual(npages)
+            span.view()[:] = bytes([i + 1]) * span.nbytes
+            spans.append(span)
+            say(f"  {npages:>6} {span.nbytes:>10} {span.base:#16x}")
+        touched = sum(s.nbytes for s in spans)
+        say(f"\nheap after allocating {_mib(touched).strip()}:")
+        say(_heap_summary(with_heap))
+        grown = rss()
+        say(f"  RSS {_mib(grown)}  (+{_mib(grown - baseline).strip()} over the start)")
+
+        say("\nfreeing every other run, then releasing all free pages to the OS:")
+        for span in spans[1::2]:
+            with_heap.free_manual(span)
+        released = with_heap.scavenge()
+        after = rss()
+        say(_heap_summary(with_heap))
+        say(f"  scavenged {_mib(released).strip()}; RSS {_mib(after)}"
+            f"  ({_mib(grown - after).strip()} given back)")
+
+        bad = [s for i, s in enumerate(spans[::2]) if s.view().tobytes().strip(bytes([2 * i + 1]))]
+        say(f"\nthe runs still allocated hold their patterns: {'no' if bad else 'yes'}")
+        with_heap.check()
+        say("heap.check(): every invariant holds")
+        return 1 if bad else 0
+    finally:
+        with_heap.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="realalloc", description="Go's memory allocator over real memory, from Python."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("tour", help="map real memory, allocate pages, show the heap and RSS")
+    sub.add_parser("classes", help="print Go's size-class table as realalloc generates it")
+    args = parser.parse_args(argv)
+    if args.command == "classes":
+        print(format_class_table())
+        return 0
+    return tour()

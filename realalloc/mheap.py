@@ -1,0 +1,320 @@
+"""The page heap (Go: runtime/mheap.go, type mheap).
+
+See realalloc/__init__.py for an overview of the allocator.
+
+``MHeap`` owns a heap's arenas and hands out spans: runs of whole 8 KiB
+pages.  It asks the page allocator (``PageAlloc``) where ``npages`` free pages
+are, grows by whole 64 MiB arenas when none fit, records each span in the
+arena's page -> span map, and returns freed pages to the page allocator,
+which coalesces them.  Free pages are given back to the OS by ``scavenge``.
+
+Small page requests (fewer than 16 pages) are served from a per-thread
+``PageCache`` of up to 64 pages taken from one chunk, so that a thread finds
+pages without the heap lock (Go: p.pcache).
+
+Growth, in Go's terms: reserve an arena-aligned range (None -> Reserved),
+commit it (Reserved -> Ready), add it to the process-wide arena index, then
+``PageAlloc.grow`` marks its pages free and scavenged: never touched, so they
+read as zero.  A failure at any step undoes the steps before it.
+
+Invariants:
+  HEAP-1: every page of a span in ``spans`` maps to that span in its arena,
+          and the span's first page has its page_in_use bit set iff IN_USE.
+  HEAP-2: pages allocated in ``pages`` == pages of live spans + pages held in
+          per-thread page caches.
+  HEAP-3: a page of a free run maps to no span.
+
+Locking: every method named ``*_locked`` needs ``MHeap.lock`` held by the
+caller; others take it themselves.  Lock order: see realalloc/_debug.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Final
+
+import psutil
+
+from . import _debug
+from ._debug import OwnedLock, assert_lock_held
+from .arena import ARENA_SHIFT, ARENAS, PAGES_PER_ARENA, HeapArena
+from .errors import (
+    HeapClosedError,
+    HeapCorruption,
+    OutOfMemoryError,
+    require_int,
+)
+from .osmem import ARENA_BYTES, PAGE_SIZE, OSMem, ffi, lib
+from .pagealloc import PageAlloc
+from .pagecache import PageCache
+from .span import MSpan, SpanState
+
+__all__ = ["MAX_PAGES", "MHeap"]
+
+PAGE_SHIFT: Final = 13
+MAX_PAGES: Final = (1 << 46) >> PAGE_SHIFT
+"""Largest request: half of the 47-bit user address space."""
+_PAGE_CACHE_MAX: Final = 16
+"""Requests below this many pages use the per-thread page cache (Go: pageCachePages/4)."""
+_GROW_LIMIT: Final = psutil.virtual_memory().total
+"""One growth step may not exceed physical memory: such a request could never be
+backed, and its arenas' metadata alone would cost 0.1% of it."""
+_heap_ids = itertools.count(1)
+
+
+class _ThreadPages:
+    """One thread's page cache for one heap; flushed when the thread ends."""
+
+    __slots__ = ("cache", "heap", "__weakref__")
+
+    def __init__(self, heap: MHeap) -> None:
+        self.heap = heap
+        self.cache = PageCache(0, 0, 0)
+
+    def __del__(self) -> None:
+        heap = self.heap
+        if not heap.closed and not self.cache.empty():
+            with heap.lock:
+                if not heap.closed:
+                    self.cache.flush(heap.pages)
+
+
+class MHeap:
+    """A page heap over real memory.  ``close()`` unmaps everything."""
+
+    def __init__(self) -> None:
+        self.id = next(_heap_ids)
+        self.lock = OwnedLock("MHeap.lock")
+        self.os = OSMem()
+        self.pages = PageAlloc(sys_unused=self.os.release)
+        self.arenas: list[HeapArena] = []
+        self.spans: list[MSpan | None] = []  # by span id; None marks a free slot
+        self._free_ids: list[int] = []
+        self._spare: list[MSpan] = []  # recycled records (Go: fixalloc)
+        self._local = threading.local()
+        # Weak: a thread's cache must die (and flush) with the thread.
+        self._thread_pages: weakref.WeakSet[_ThreadPages] = weakref.WeakSet()
+        self.closed = False
+
+    # -- public entry points (take the lock) ------------------------------
+
+    def alloc_manual(self, npages: int, *, zero: bool = True) -> MSpan:
+        """Allocate ``npages`` whole pages as a MANUAL span (Go: allocManual)."""
+        npages = require_int("npages", npages, 1, MAX_PAGES)
+        return self.alloc_span(npages, SpanState.MANUAL, zero=zero)
+
+    def free_manual(self, span: MSpan) -> None:
+        """Return a MANUAL span's pages (Go: freeManual)."""
+        with self.lock:
+            self._check_open()
+            self.free_span_locked(span)
+
+    def alloc_span(self, npages: int, state: SpanState, *, zero: bool = True) -> MSpan:
+        """Find ``npages`` pages, growing the heap if needed, and make a span."""
+        base = scav = 0
+        local = None
+        if npages < _PAGE_CACHE_MAX:
+            local = self._thread_local_pages()
+            base, scav = local.cache.alloc(npages)  # this thread's cache: no lock
+        with self.lock:
+            self._check_open()
+            if base == 0:
+                base, scav = self._alloc_pages_locked(npages, local)
+            span = self._new_span_locked(base, npages, state)
+            self.os.reused(scav)
+        if zero and scav < npages * PAGE_SIZE:
+            # Released pages read as zero; the rest may hold old data.
+            lib.ra_memzero(base, npages * PAGE_SIZE)
+        return span
+
+    def span_of(self, addr: int) -> MSpan | None:
+        """The live span holding ``addr``, or None; O(1) (Go: spanOf)."""
+        arena = ARENAS.lookup(addr)
+        if arena is None or arena.heap_id != self.id:
+            return None
+        c = arena.meta.spans[arena.page_index(addr)]
+        return None if c == ffi.NULL else self.spans[c.id]
+
+    def scavenge(self, nbytes: int | None = None) -> int:
+        """Release up to ``nbytes`` (all when None) of free pages to the OS,
+        highest addresses first.  Returns the bytes released."""
+        with self.lock:
+            self._check_open()
+            limit = self.pages.npages_total * PAGE_SIZE if nbytes is None else nbytes
+            return self.pages.scavenge(require_int("nbytes", limit))
+
+    def close(self) -> None:
+        """Unmap every arena.  Idempotent; later calls raise HeapClosedError."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            for arena in self.arenas:
+                ARENAS.remove(arena)
+            self.arenas.clear()
+            self.spans.clear()
+            self._thread_pages.clear()
+            self.os.unmap_all()
+
+    def live_spans(self) -> Iterator[MSpan]:
+        """Every span in use, in id order (a snapshot)."""
+        with self.lock:
+            return iter([s for s in self.spans if s is not None])
+
+    def check(self) -> None:
+        """Verify HEAP-1..3, OS-1 and every PageAlloc invariant; raise HeapCorruption."""
+        with self.lock:
+            self._check_open()
+            self.pages.check()
+            live = [s for s in self.spans if s is not None]
+            for span in live:
+                self._check_span_locked(span)
+            mapped = 0
+            for arena in self.arenas:
+                spans = arena.meta.spans
+                for page in range(PAGES_PER_ARENA):
+                    c = spans[page]
+                    if c == ffi.NULL:
+                        continue
+                    mapped += 1
+                    addr = arena.base + (page << PAGE_SHIFT)
+                    span = self.spans[c.id] if c.id < len(self.spans) else None
+                    if span is None or span.c != c or not span.base <= addr < span.limit:
+                        raise HeapCorruption(f"HEAP-3: page {addr:#x} maps to a dead span")
+            span_pages = sum(s.npages for s in live)
+            caches = list(self._thread_pages)
+            cached = sum(c.cache.cache.bit_count() for c in caches)
+            cached_scav = sum(c.cache.scav.bit_count() for c in caches)
+            allocated = self.pages.npages_total - self.pages.npages_free
+            if mapped != span_pages or allocated != span_pages + cached:
+                raise HeapCorruption(
+                    f"HEAP-2: {allocated} pages allocated, {span_pages} in spans "
+                    f"({mapped} mapped), {cached} in page caches"
+                )
+            os_stats = self.os.stats()
+            released = (self.pages.npages_scavenged + cached_scav) * PAGE_SIZE
+            if os_stats.released != released or not (
+                0 <= os_stats.released <= os_stats.ready <= os_stats.reserved
+            ):
+                raise HeapCorruption(
+                    f"OS-1: released {os_stats.released} (page allocator: {released}), "
+                    f"ready {os_stats.ready}, reserved {os_stats.reserved}"
+                )
+
+    def _check_span_locked(self, span: MSpan) -> None:
+        assert_lock_held(self.lock)
+        c = span.c
+        if span.base % PAGE_SIZE or span.npages < 1 or span.state == SpanState.FREE:
+            raise HeapCorruption(f"SPAN-1: bad live span {span!r}")
+        for page in range(span.npages):
+            addr = span.base + (page << PAGE_SHIFT)
+            arena = ARENAS.lookup(addr)
+            if arena is None or arena.meta.spans[arena.page_index(addr)] != c:
+                raise HeapCorruption(f"HEAP-1: page {addr:#x} of {span!r} does not map to it")
+            if not self.pages.is_allocated(addr):
+                raise HeapCorruption(f"HEAP-1: page {addr:#x} of {span!r} is free in PageAlloc")
+        arena = ARENAS.lookup(span.base)
+        assert arena is not None
+        first = arena.page_index(span.base)
+        in_use = bool(arena.meta.page_in_use[first // 64] >> (first % 64) & 1)
+        if in_use != (span.state == SpanState.IN_USE):
+            raise HeapCorruption(f"HEAP-1: page_in_use bit of {span!r} is {in_use}")
+
+    # -- slow paths (caller holds the lock) --------------------------------
+
+    def _alloc_pages_locked(self, npages: int, local: _ThreadPages | None) -> tuple[int, int]:
+        """Pages from this thread's refilled page cache, else the page allocator,
+        growing the heap when nothing fits (Go: mheap.allocSpan)."""
+        assert_lock_held(self.lock)
+        if local is not None and local.cache.empty():
+            local.cache = self.pages.alloc_to_cache()
+            base, scav = local.cache.alloc(npages)
+            if base:
+                return base, scav
+        base, scav = self.pages.alloc(npages)
+        if base == 0:
+            self.grow_locked(npages)
+            base, scav = self.pages.alloc(npages)
+            if base == 0:
+                raise HeapCorruption(f"HEAP-4: grew the heap but {npages} pages do not fit")
+        return base, scav
+
+    def grow_locked(self, npages: int) -> None:
+        """Add enough whole arenas for ``npages`` pages (Go: mheap.grow)."""
+        assert_lock_held(self.lock)
+        narenas = -(-npages // PAGES_PER_ARENA)
+        nbytes = narenas * ARENA_BYTES
+        if nbytes > _GROW_LIMIT:
+            raise OutOfMemoryError(
+                f"cannot grow the heap by {npages} pages ({nbytes:#x} bytes): more than the "
+                f"machine's {_GROW_LIMIT:#x} bytes of physical memory"
+            )
+        base = self.os.reserve(nbytes, ARENA_BYTES)
+        added: list[HeapArena] = []
+        try:
+            self.os.commit(base)
+            for i in range(narenas):
+                arena = HeapArena(base + i * ARENA_BYTES, self.id)
+                ARENAS.add(arena)
+                added.append(arena)
+            self.pages.grow(base, nbytes)
+        except BaseException:
+            # Nothing of the new range was handed out: undo every step.
+            for arena in added:
+                ARENAS.remove(arena)
+            self.os.abandon(base)
+            raise
+        self.arenas.extend(added)
+
+    def _new_span_locked(self, base: int, npages: int, state: SpanState) -> MSpan:
+        assert_lock_held(self.lock)
+        span = self._spare.pop() if self._spare else MSpan()
+        span_id = self._free_ids.pop() if self._free_ids else len(self.spans)
+        if span_id == len(self.spans):
+            self.spans.append(None)
+        span.init(span_id, base, npages, state)
+        self.spans[span_id] = span
+        self._map_span_locked(span, span.c)
+        return span
+
+    def _map_span_locked(self, span: MSpan, target: object) -> None:
+        """Point the span's pages at ``target`` (the span or NULL), arena by arena."""
+        addr, end = span.base, span.base + span.nbytes
+        while addr < end:
+            arena = ARENAS.lookup(addr)
+            if arena is None or arena.heap_id != self.id:
+                raise HeapCorruption(f"HEAP-1: span page {addr:#x} is in no arena of this heap")
+            first = arena.page_index(addr)
+            n = min(PAGES_PER_ARENA - first, (end - addr) >> PAGE_SHIFT)
+            arena.set_spans(first, n, target)
+            if addr == span.base:
+                arena.set_in_use(first, target != ffi.NULL and span.state == SpanState.IN_USE)
+            addr += n << PAGE_SHIFT
+
+    def free_span_locked(self, span: MSpan) -> None:
+        """Give a span's pages back to the page allocator (Go: freeSpanLocked)."""
+        assert_lock_held(self.lock)
+        if span.state == SpanState.FREE or self.spans[span.id] is not span:
+            raise HeapCorruption(f"SPAN-2: span {span!r} is not live")
+        self._map_span_locked(span, ffi.NULL)
+        self.pages.free(span.base, span.npages)
+        self.spans[span.id] = None
+        self._free_ids.append(span.id)
+        span.c.state = SpanState.FREE
+        self._spare.append(span)
+
+    def _thread_local_pages(self) -> _ThreadPages:
+        local: _ThreadPages | None = getattr(self._local, "pages", None)
+        if local is None:
+            local = _ThreadPages(self)
+            self._local.pages = local
+            with self.lock:
+                self._thread_pages.add(local)
+        return local
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise HeapClosedError(f"heap {self.id} is closed")

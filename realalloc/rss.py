@@ -1,0 +1,17 @@
+"""Resident set size of this process, through psutil (Go: none; the OS view).
+
+See realalloc/__init__.py for an overview of the allocator.  No state, no locks.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+__all__ = ["rss"]
+
+_process = psutil.Process()
+
+
+def rss() -> int:
+    """Bytes of this process resident in RAM now."""
+    return int(_process.memory_info().rss)
