@@ -1,9 +1,14 @@
-"""cffi build script for realalloc's C shim (API mode, out of line).
+"""Build script for realalloc's two C extensions.
 
-setup.py names this file in cffi_modules, so `pip install .` compiles the shim
-into realalloc/_shim*.so.  `python csrc/build_shim.py` builds it in place for
-quick iteration.  The cdef is read from csrc/shim.h between the CDEF markers,
-so the header is the one interface and cannot drift from the cdef.
+* ``realalloc._shim`` (cffi, API mode, out of line): the OS calls and the
+  span kernels exported to Python.  The cdef is read from csrc/shim.h between
+  the CDEF markers, so the header is the one interface and cannot drift.
+* ``realalloc._fast`` (CPython API): the malloc/free entry points and the
+  Buffer type; see the header comment of csrc/fastpath.c for why.
+
+setup.py names ``ffibuilder`` in cffi_modules and ``fast_extension()`` in
+ext_modules, so `pip install .` compiles both.  `python csrc/build_shim.py`
+builds the cffi module in place for quick iteration.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import pathlib
 import re
 
 from cffi import FFI
+from setuptools import Extension
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra"]
 
 
-def _package_version() -> str:
+def package_version() -> str:
     text = (ROOT / "pyproject.toml").read_text()
     match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
     if match is None:
@@ -31,6 +38,8 @@ def _cdef() -> str:
     return body.split("*/", 1)[1]
 
 
+_VERSION_MACRO = [("RA_PACKAGE_VERSION", f'"{package_version()}"')]
+
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
@@ -38,9 +47,21 @@ ffibuilder.set_source(
     '#include "shim.h"',
     sources=[str((HERE / "shim.c").relative_to(ROOT))],
     include_dirs=[str(HERE.relative_to(ROOT))],
-    define_macros=[("RA_PACKAGE_VERSION", f'"{_package_version()}"')],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+    define_macros=_VERSION_MACRO,
+    extra_compile_args=CFLAGS,
 )
+
+
+def fast_extension() -> Extension:
+    return Extension(
+        "realalloc._fast",
+        sources=[str((HERE / "fastpath.c").relative_to(ROOT))],
+        include_dirs=[str(HERE.relative_to(ROOT))],
+        depends=[str((HERE / name).relative_to(ROOT)) for name in ("shim.h", "spanbits.h")],
+        define_macros=_VERSION_MACRO,
+        extra_compile_args=CFLAGS,
+    )
+
 
 if __name__ == "__main__":
     import os

@@ -1,6 +1,7 @@
 /* realalloc OS shim. The contract for every function is in shim.h. */
 #define _GNU_SOURCE
 #include "shim.h"
+#include "spanbits.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -80,14 +81,6 @@ int ra_commit(uintptr_t addr, size_t size) {
     return mprotect((void *)addr, size, PROT_READ | PROT_WRITE) ? errno : 0;
 }
 
-int ra_decommit(uintptr_t addr, size_t size) {
-    if (bad_range(addr, size)) return EINVAL;
-    /* MAP_FIXED over our own reservation drops the pages atomically. */
-    void *p = mmap((void *)addr, size, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    return p == MAP_FAILED ? errno : 0;
-}
-
 int ra_release(uintptr_t addr, size_t size) {
     if (bad_range(addr, size)) return EINVAL;
     if (fault_fires(RA_OP_RELEASE)) return ENOMEM;
@@ -113,3 +106,27 @@ int ra_resident(uintptr_t addr, size_t size, size_t *out) {
 }
 
 void ra_memzero(uintptr_t addr, size_t size) { memset((void *)addr, 0, size); }
+
+int64_t ra_span_next_free(ra_span *s) { return ra_next_free(s); }
+
+uint32_t ra_span_sweep(ra_span *s) { return ra_sweep(s); }
+
+int ra_span_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c) {
+    return ra_free_slot(h, s, idx, c);
+}
+
+uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero) {
+    return ra_malloc_small(h, c, size, noscan, zero);
+}
+
+int ra_cache_free(ra_heap *h, uintptr_t addr, ra_mcache *c, ra_span **span_out) {
+    return ra_free_object(h, (ra_heap_arena **const *)ra_arena_l1, addr, c, span_out);
+}
+
+ra_span *ra_cache_tiny_retire(ra_mcache *c, uint32_t *idx_out) { return ra_tiny_retire(c, idx_out); }
+
+uint32_t ra_span_uncache(ra_span *s) { return ra_uncache(s); }
+
+ra_span *ra_heap_take_dirty(ra_heap *h, uint32_t spc) { return ra_take_dirty(h, spc); }
+
+void ra_span_clear_dirty(ra_span *s) { ra_clear_dirty(s); }

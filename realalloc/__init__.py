@@ -90,8 +90,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     ArgumentTypeError,
+    BufferFreedError,
     DoubleFreeError,
     ForeignPointerError,
     HeapClosedError,
@@ -103,18 +104,29 @@ from .errors import (  # noqa: E402
     RealAllocError,
     ShimError,
 )
-from .mheap import MHeap  # noqa: E402
-from .osmem import fault_hits, inject_faults  # noqa: E402
-from .pagealloc import PageAlloc  # noqa: E402
-from .pagecache import PageCache  # noqa: E402
-from .rss import rss  # noqa: E402
-from .sizeclasses import roundupsize, size_to_class  # noqa: E402
-from .span import MSpan, SpanState  # noqa: E402
+from .heap import Buffer, Heap
+from .mheap import MHeap
+from .osmem import fault_hits, inject_faults
+from .pagealloc import PageAlloc
+from .pagecache import PageCache
+from .rss import rss
+from .sizeclasses import roundupsize, size_to_class
+from .span import MSpan, SpanInfo, SpanState
+
+_default_heap = Heap()
+malloc = _default_heap.malloc
+free = _default_heap.free
+alloc = _default_heap.alloc
+realloc = _default_heap.realloc
+usable_size = _default_heap.usable_size
 
 __all__ = [
     "ArgumentTypeError",
+    "Buffer",
+    "BufferFreedError",
     "DoubleFreeError",
     "ForeignPointerError",
+    "Heap",
     "HeapClosedError",
     "HeapCorruption",
     "InteriorPointerError",
@@ -127,11 +139,17 @@ __all__ = [
     "PageCache",
     "RealAllocError",
     "ShimError",
+    "SpanInfo",
     "SpanState",
     "__version__",
+    "alloc",
     "fault_hits",
+    "free",
     "inject_faults",
+    "malloc",
+    "realloc",
     "roundupsize",
     "rss",
     "size_to_class",
+    "usable_size",
 ]

@@ -67,8 +67,10 @@ def tour(out: object = None) -> int:
         released = with_heap.scavenge()
         after = rss()
         say(_heap_summary(with_heap))
-        say(f"  scavenged {_mib(released).strip()}; RSS {_mib(after)}"
-            f"  ({_mib(grown - after).strip()} given back)")
+        say(
+            f"  scavenged {_mib(released).strip()}; RSS {_mib(after)}"
+            f"  ({_mib(grown - after).strip()} given back)"
+        )
 
         bad = [s for i, s in enumerate(spans[::2]) if s.view().tobytes().strip(bytes([2 * i + 1]))]
         say(f"\nthe runs still allocated hold their patterns: {'no' if bad else 'yes'}")

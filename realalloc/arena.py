@@ -41,14 +41,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Final
 
-from .osmem import ffi, lib
 from .errors import InvalidArgumentError
+from .osmem import ffi, lib
 
 __all__ = ["ARENAS", "ARENA_SHIFT", "HEAP_ADDR_BITS", "PAGES_PER_ARENA", "ArenaIndex", "HeapArena"]
 
-ARENA_SHIFT: Final = lib.RA_ARENA_SHIFT
-PAGE_SHIFT: Final = lib.RA_PAGE_SHIFT
-PAGES_PER_ARENA: Final = lib.RA_PAGES_PER_ARENA
+ARENA_SHIFT: Final[int] = lib.RA_ARENA_SHIFT
+PAGE_SHIFT: Final[int] = lib.RA_PAGE_SHIFT
+PAGES_PER_ARENA: Final[int] = lib.RA_PAGES_PER_ARENA
 HEAP_ADDR_BITS: Final = 48
 _L2_BITS: Final = lib.RA_ARENA_L2_BITS
 _L2_MASK: Final = (1 << _L2_BITS) - 1

@@ -15,6 +15,7 @@ both work::
     │   ├── InteriorPointerError                inside an object, not at its start
     │   └── DoubleFreeError                     the object is already free
     ├── HeapClosedError          (RuntimeError) the heap was closed
+    ├── BufferFreedError         (ValueError)   a Buffer was used after free()
     ├── HeapCorruption           (AssertionError) an invariant does not hold
     └── OutOfMemoryError         (MemoryError)  the request cannot be satisfied
         └── ShimError            (OSError)      the OS refused a memory operation
@@ -30,6 +31,7 @@ import os
 
 __all__ = [
     "ArgumentTypeError",
+    "BufferFreedError",
     "DoubleFreeError",
     "ForeignPointerError",
     "HeapClosedError",
@@ -74,6 +76,10 @@ class DoubleFreeError(InvalidPointerError):
 
 class HeapClosedError(RealAllocError, RuntimeError):
     """The heap was closed; its memory is unmapped and it can do nothing more."""
+
+
+class BufferFreedError(RealAllocError, ValueError):
+    """A Buffer was used after its memory was freed (or its heap closed)."""
 
 
 class HeapCorruption(RealAllocError, AssertionError):

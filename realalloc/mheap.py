@@ -33,24 +33,25 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import psutil
 
-from . import _debug
 from ._debug import OwnedLock, assert_lock_held
-from .arena import ARENA_SHIFT, ARENAS, PAGES_PER_ARENA, HeapArena
+from .arena import ARENAS, PAGES_PER_ARENA, HeapArena
 from .errors import (
     HeapClosedError,
     HeapCorruption,
+    InvalidArgumentError,
     OutOfMemoryError,
     require_int,
 )
+from .fixalloc import FixAlloc
 from .osmem import ARENA_BYTES, PAGE_SIZE, OSMem, ffi, lib
 from .pagealloc import PageAlloc
 from .pagecache import PageCache
-from .span import MSpan, SpanState
+from .sizeclasses import CLASS_TO_DIVMAGIC, CLASS_TO_SIZE
+from .span import MSpan, SpanState, check_span
 
 __all__ = ["MAX_PAGES", "MHeap"]
 
@@ -59,6 +60,11 @@ MAX_PAGES: Final = (1 << 46) >> PAGE_SHIFT
 """Largest request: half of the 47-bit user address space."""
 _PAGE_CACHE_MAX: Final = 16
 """Requests below this many pages use the per-thread page cache (Go: pageCachePages/4)."""
+TINY_SLOTS: Final = PAGE_SIZE // 16
+"""Slots of a tiny-class span (one page of 16-byte blocks)."""
+_WORD: Final = (1 << 64) - 1
+_ARENA_META_BYTES: Final[int] = ffi.sizeof("ra_heap_arena")
+_ZERO_SPAN: Final = bytes(ffi.sizeof("ra_span"))
 _GROW_LIMIT: Final = psutil.virtual_memory().total
 """One growth step may not exceed physical memory: such a request could never be
 backed, and its arenas' metadata alone would cost 0.1% of it."""
@@ -68,7 +74,7 @@ _heap_ids = itertools.count(1)
 class _ThreadPages:
     """One thread's page cache for one heap; flushed when the thread ends."""
 
-    __slots__ = ("cache", "heap", "__weakref__")
+    __slots__ = ("__weakref__", "cache", "heap")
 
     def __init__(self, heap: MHeap) -> None:
         self.heap = heap
@@ -91,9 +97,9 @@ class MHeap:
         self.os = OSMem()
         self.pages = PageAlloc(sys_unused=self.os.release)
         self.arenas: list[HeapArena] = []
-        self.spans: list[MSpan | None] = []  # by span id; None marks a free slot
-        self._free_ids: list[int] = []
-        self._spare: list[MSpan] = []  # recycled records (Go: fixalloc)
+        self.spans = FixAlloc("ra_span", 1, 128)  # span records, by id
+        self._bitmaps: dict[int, FixAlloc] = {}  # by words per bitmap
+        self._tiny_states = FixAlloc("uint32_t", TINY_SLOTS, 16)
         self._local = threading.local()
         # Weak: a thread's cache must die (and flush) with the thread.
         self._thread_pages: weakref.WeakSet[_ThreadPages] = weakref.WeakSet()
@@ -108,12 +114,25 @@ class MHeap:
 
     def free_manual(self, span: MSpan) -> None:
         """Return a MANUAL span's pages (Go: freeManual)."""
+        self.free_span(span, SpanState.MANUAL)
+
+    def free_span(self, span: MSpan, state: SpanState = SpanState.IN_USE) -> None:
+        """Return a span's pages.  It must be live and in ``state``."""
         with self.lock:
             self._check_open()
+            if span.c.state != state:
+                raise InvalidArgumentError(f"{span!r} is not a live {state.name} span")
             self.free_span_locked(span)
 
-    def alloc_span(self, npages: int, state: SpanState, *, zero: bool = True) -> MSpan:
-        """Find ``npages`` pages, growing the heap if needed, and make a span."""
+    def alloc_span(
+        self, npages: int, state: SpanState, spanclass: int = 0, *, zero: bool = True
+    ) -> MSpan:
+        """Find ``npages`` pages, growing the heap if needed, and make a span.
+
+        An IN_USE span of a small span class (>= 2) is cut into objects; its
+        pages are never cleared here: ``needzero`` records whether they might
+        hold old data.  Other spans are cleared when ``zero`` asks for it.
+        """
         base = scav = 0
         local = None
         if npages < _PAGE_CACHE_MAX:
@@ -123,10 +142,12 @@ class MHeap:
             self._check_open()
             if base == 0:
                 base, scav = self._alloc_pages_locked(npages, local)
-            span = self._new_span_locked(base, npages, state)
+            span = self._new_span_locked(base, npages, state, spanclass)
             self.os.reused(scav)
-        if zero and scav < npages * PAGE_SIZE:
-            # Released pages read as zero; the rest may hold old data.
+        dirty = scav < npages * PAGE_SIZE  # released pages read as zero
+        if spanclass >= 2:
+            span.c.needzero = dirty
+        elif zero and dirty:
             lib.ra_memzero(base, npages * PAGE_SIZE)
         return span
 
@@ -136,7 +157,7 @@ class MHeap:
         if arena is None or arena.heap_id != self.id:
             return None
         c = arena.meta.spans[arena.page_index(addr)]
-        return None if c == ffi.NULL else self.spans[c.id]
+        return None if c == ffi.NULL else MSpan(c)
 
     def scavenge(self, nbytes: int | None = None) -> int:
         """Release up to ``nbytes`` (all when None) of free pages to the OS,
@@ -155,21 +176,38 @@ class MHeap:
             for arena in self.arenas:
                 ARENAS.remove(arena)
             self.arenas.clear()
-            self.spans.clear()
             self._thread_pages.clear()
             self.os.unmap_all()
 
-    def live_spans(self) -> Iterator[MSpan]:
+    def live_spans(self) -> list[MSpan]:
         """Every span in use, in id order (a snapshot)."""
         with self.lock:
-            return iter([s for s in self.spans if s is not None])
+            return self._live_spans_locked()
+
+    def _live_spans_locked(self) -> list[MSpan]:
+        records = self.spans
+        return [
+            MSpan(c)
+            for c in (records.ptr(i) for i in range(records.capacity))
+            if c.state != SpanState.FREE
+        ]
+
+    def metadata_bytes(self) -> int:
+        """C memory held for metadata: arenas, span records, bitmaps."""
+        with self.lock:
+            return (
+                len(self.arenas) * _ARENA_META_BYTES
+                + self.spans.nbytes
+                + self._tiny_states.nbytes
+                + sum(b.nbytes for b in self._bitmaps.values())
+            )
 
     def check(self) -> None:
         """Verify HEAP-1..3, OS-1 and every PageAlloc invariant; raise HeapCorruption."""
         with self.lock:
             self._check_open()
             self.pages.check()
-            live = [s for s in self.spans if s is not None]
+            live = self._live_spans_locked()
             for span in live:
                 self._check_span_locked(span)
             mapped = 0
@@ -181,8 +219,9 @@ class MHeap:
                         continue
                     mapped += 1
                     addr = arena.base + (page << PAGE_SHIFT)
-                    span = self.spans[c.id] if c.id < len(self.spans) else None
-                    if span is None or span.c != c or not span.base <= addr < span.limit:
+                    if c.state == SpanState.FREE or not c.base <= addr < c.base + (
+                        c.npages << PAGE_SHIFT
+                    ):
                         raise HeapCorruption(f"HEAP-3: page {addr:#x} maps to a dead span")
             span_pages = sum(s.npages for s in live)
             caches = list(self._thread_pages)
@@ -207,8 +246,7 @@ class MHeap:
     def _check_span_locked(self, span: MSpan) -> None:
         assert_lock_held(self.lock)
         c = span.c
-        if span.base % PAGE_SIZE or span.npages < 1 or span.state == SpanState.FREE:
-            raise HeapCorruption(f"SPAN-1: bad live span {span!r}")
+        check_span(c)
         for page in range(span.npages):
             addr = span.base + (page << PAGE_SHIFT)
             arena = ARENAS.lookup(addr)
@@ -269,16 +307,46 @@ class MHeap:
             raise
         self.arenas.extend(added)
 
-    def _new_span_locked(self, base: int, npages: int, state: SpanState) -> MSpan:
+    def _new_span_locked(self, base: int, npages: int, state: SpanState, spanclass: int) -> MSpan:
+        """A record for ``npages`` pages at ``base``, mapped in its arenas."""
         assert_lock_held(self.lock)
-        span = self._spare.pop() if self._spare else MSpan()
-        span_id = self._free_ids.pop() if self._free_ids else len(self.spans)
-        if span_id == len(self.spans):
-            self.spans.append(None)
-        span.init(span_id, base, npages, state)
-        self.spans[span_id] = span
-        self._map_span_locked(span, span.c)
+        span_id = self.spans.alloc()
+        c = self.spans.ptr(span_id)
+        ffi.memmove(c, _ZERO_SPAN, len(_ZERO_SPAN))
+        c.id = span_id
+        c.base = base
+        c.npages = npages
+        c.state = state
+        c.spanclass = spanclass
+        sizeclass = spanclass >> 1
+        if sizeclass:
+            self._init_objects_locked(c, sizeclass)
+        else:
+            c.elemsize = npages * PAGE_SIZE
+            c.nelems = 1
+        span = MSpan(c)
+        self._map_span_locked(span, c)
         return span
+
+    def _init_objects_locked(self, c: Any, sizeclass: int) -> None:
+        """Cut a fresh span into objects: every slot free (Go: initSpan)."""
+        c.elemsize = CLASS_TO_SIZE[sizeclass]
+        c.nelems = nelems = int(c.npages) * PAGE_SIZE // CLASS_TO_SIZE[sizeclass]
+        c.div_magic = CLASS_TO_DIVMAGIC[sizeclass]
+        nwords = (nelems + 63) // 64
+        pool = self._bitmaps.get(nwords)
+        if pool is None:
+            pool = self._bitmaps[nwords] = FixAlloc("uint64_t", nwords, max(16, 1024 // nwords))
+        c.alloc_bits = pool.ptr(pool.alloc())
+        c.free_bits = pool.ptr(pool.alloc())
+        ffi.memmove(c.alloc_bits, bytes(8 * nwords), 8 * nwords)
+        ffi.memmove(c.free_bits, bytes(8 * nwords), 8 * nwords)
+        if nelems % 64:
+            c.alloc_bits[nwords - 1] = _WORD ^ ((1 << (nelems % 64)) - 1)  # padding: never free
+        c.alloc_cache = ~int(c.alloc_bits[0]) & _WORD
+        if c.spanclass == lib.RA_TINY_SPAN_CLASS:
+            c.tiny_state = self._tiny_states.ptr(self._tiny_states.alloc())
+            ffi.memmove(c.tiny_state, bytes(4 * TINY_SLOTS), 4 * TINY_SLOTS)
 
     def _map_span_locked(self, span: MSpan, target: object) -> None:
         """Point the span's pages at ``target`` (the span or NULL), arena by arena."""
@@ -297,14 +365,19 @@ class MHeap:
     def free_span_locked(self, span: MSpan) -> None:
         """Give a span's pages back to the page allocator (Go: freeSpanLocked)."""
         assert_lock_held(self.lock)
-        if span.state == SpanState.FREE or self.spans[span.id] is not span:
-            raise HeapCorruption(f"SPAN-2: span {span!r} is not live")
+        c = span.c
+        if c.state == SpanState.FREE:
+            raise HeapCorruption(f"SPAN-1: span {span!r} is not live")
         self._map_span_locked(span, ffi.NULL)
         self.pages.free(span.base, span.npages)
-        self.spans[span.id] = None
-        self._free_ids.append(span.id)
-        span.c.state = SpanState.FREE
-        self._spare.append(span)
+        if c.alloc_bits != ffi.NULL:
+            pool = self._bitmaps[(int(c.nelems) + 63) // 64]
+            pool.free(pool.index_of(c.alloc_bits))
+            pool.free(pool.index_of(c.free_bits))
+        if c.tiny_state != ffi.NULL:
+            self._tiny_states.free(self._tiny_states.index_of(c.tiny_state))
+        c.state = SpanState.FREE
+        self.spans.free(span.id)
 
     def _thread_local_pages(self) -> _ThreadPages:
         local: _ThreadPages | None = getattr(self._local, "pages", None)

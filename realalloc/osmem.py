@@ -54,14 +54,16 @@ __all__ = [
     "OSMem",
     "OSMemStats",
     "fault_hits",
+    "ffi",
     "inject_faults",
+    "lib",
     "resident_bytes",
 ]
 
-PAGE_SIZE: Final = 1 << lib.RA_PAGE_SHIFT
+PAGE_SIZE: Final[int] = 1 << lib.RA_PAGE_SHIFT
 """Runtime page: 8 KiB.  (An *OS page* is 4 KiB.)"""
 OS_PAGE_SIZE: Final = 4096
-ARENA_BYTES: Final = 1 << lib.RA_ARENA_SHIFT
+ARENA_BYTES: Final[int] = 1 << lib.RA_ARENA_SHIFT
 """A heap arena: 64 MiB, reserved at a 64 MiB-aligned address."""
 
 
@@ -71,7 +73,7 @@ class FaultOp:
     RESERVE: Final = lib.RA_OP_RESERVE
     COMMIT: Final = lib.RA_OP_COMMIT
     RELEASE: Final = lib.RA_OP_RELEASE
-    NAMES: Final = {"reserve": RESERVE, "commit": COMMIT, "release": RELEASE}
+    NAMES: Final[dict[str, int]] = {"reserve": RESERVE, "commit": COMMIT, "release": RELEASE}
 
 
 def _call(rc: int, operation: str) -> None:
@@ -107,7 +109,8 @@ def resident_bytes(addr: int, nbytes: int) -> int:
     """Bytes of ``[addr, addr+nbytes)`` resident in RAM now (mincore)."""
     out = ffi.new("size_t *")
     _call(lib.ra_resident(addr, nbytes, out), "resident")
-    return int(out[0]) * OS_PAGE_SIZE
+    resident: int = out[0]
+    return resident * OS_PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ def test_classes_prints_one_row_per_class_in_gos_column_order(capsys):
     header, rows = lines[0].split(), [line.split() for line in lines[1:]]
     assert header[:3] == ["class", "bytes/obj", "bytes/span"]
     assert len(rows) == 67
-    for row, info in zip(rows, size_classes()):
+    for row, info in zip(rows, size_classes(), strict=True):
         assert [int(x) for x in row[:5]] == [
             info.size_class,
             info.bytes_per_obj,

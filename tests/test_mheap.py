@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 
@@ -52,7 +53,7 @@ def test_spans_are_page_aligned_disjoint_and_hold_their_patterns(heap):
             victim = rng.choice(list(live))
             heap.free_manual(live.pop(victim)[0])
     ranges = sorted((s.base, s.base + s.nbytes) for s, _ in live.values())
-    assert all(end <= nxt for (_, end), (nxt, _) in zip(ranges, ranges[1:]))
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(ranges))
     for span, pattern in live.values():
         assert span.view().tobytes() == pattern
     heap.check()
@@ -63,7 +64,7 @@ def test_span_of_finds_every_page_and_nothing_else(heap):
     b = heap.alloc_manual(20)
     for span in (a, b):
         for off in (0, 1, span.nbytes // 2, span.nbytes - 1):
-            assert heap.span_of(span.base + off) is span
+            assert heap.span_of(span.base + off) == span
     heap.free_manual(a)
     assert heap.span_of(a.base) is None
     assert heap.span_of(12345) is None
@@ -100,7 +101,7 @@ def test_grow_by_whole_arenas_and_large_spans_cross_arenas(heap):
     view[0:8] = b"firstpg!"
     view[-8:] = b"lastpag!"
     boundary = (big.base // ARENA_BYTES + 1) * ARENA_BYTES
-    assert heap.span_of(boundary) is big and heap.span_of(boundary - 1) is big
+    assert heap.span_of(boundary) == big and heap.span_of(boundary - 1) == big
     assert ARENAS.lookup(boundary) is not ARENAS.lookup(boundary - 1)
     assert bytes(view[0:8]) == b"firstpg!" and bytes(view[-8:]) == b"lastpag!"
     heap.free_manual(big)

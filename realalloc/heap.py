@@ -1,0 +1,384 @@
+"""The object allocator's public face (Go: runtime/malloc.go, mallocgc).
+
+See realalloc/__init__.py for an overview of the allocator.
+
+``Heap`` ties the layers together.  ``malloc`` and ``free`` are C methods
+inherited from ``realalloc._fast.HeapBase`` (csrc/fastpath.c): a call that
+hits this thread's cached span never runs Python.  Everything else lands in
+the slow paths here:
+
+* ``_malloc_slow``: argument errors, large objects (> 32 KiB, their own span
+  of class 0/1 straight from MHeap), the first allocation of a thread (it
+  creates the thread's MCache), and refills;
+* ``_free_slow``: large objects, and every bad pointer, diagnosed into the
+  specific error;
+* ``_span_emptied``: a free left an uncached span without objects; its
+  MCentral sweeps and releases it.
+
+Objects by size (Go's three kinds)::
+
+    noscan and size < 16   tiny: a piece of this thread's 16-byte block
+    size <= 32 KiB         small: a slot of the cached span of its class
+    size > 32 KiB          large: whole pages, page aligned
+
+Tiny blocks with explicit free: a block goes back as a 16-byte slot once
+every piece in it is freed and the thread has moved on to a new block.
+``usable_size`` of a tiny piece is its own extent, not Go's roundupsize.
+
+Invariants: those of every layer, checked by ``check`` (HEAP-*, SPAN-*,
+CENTRAL-*, CACHE-*, PAGE-*, OS-*).
+
+Locking: the fast path takes no lock.  Slow paths take, in this order,
+Heap.lifecycle_lock (close and cache flush only) -> MCentral.lock ->
+MHeap.lock -> ArenaIndex.lock -> OSMem.lock.  ``close`` needs the other
+threads to be idle in this heap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Final
+
+from . import __version__, _fast
+from .arena import ARENAS
+from .cache import MCache
+from .central import MCentral
+from .errors import (
+    ArgumentTypeError,
+    BufferFreedError,
+    DoubleFreeError,
+    ForeignPointerError,
+    HeapClosedError,
+    HeapCorruption,
+    InteriorPointerError,
+    OutOfMemoryError,
+    require_int,
+)
+from .mheap import MAX_PAGES, MHeap
+from .osmem import PAGE_SIZE, ffi, lib
+from .sizeclasses import (
+    CLASS_TO_SIZE,
+    MAX_SMALL_SIZE,
+    NUM_SIZE_CLASSES,
+    NUM_SPAN_CLASSES,
+    SIZE_TO_CLASS8,
+    SIZE_TO_CLASS128,
+    TINY_SIZE,
+    make_span_class,
+    size_to_class,
+)
+from .span import MSpan, SpanInfo, SpanState
+
+__all__ = ["Buffer", "Heap"]
+
+Buffer = _fast.Buffer
+_fast.set_freed_buffer_error(BufferFreedError)
+if __version__ != _fast.VERSION:  # pragma: no cover - depends on the build
+    raise ImportError(
+        f"realalloc._fast was built for realalloc {_fast.VERSION}, not {__version__}; "
+        "rebuild with `pip install .`"
+    )
+
+_TINY_SPAN_CLASS: Final[int] = lib.RA_TINY_SPAN_CLASS
+_MCACHE_BYTES: Final[int] = ffi.sizeof("ra_mcache")
+_HEAP_BYTES: Final[int] = ffi.sizeof("ra_heap")
+_gens = itertools.count(1)
+_slots_lock = threading.Lock()
+_free_slots = list(range(lib.RA_MAX_HEAPS - 1, -1, -1))
+
+
+@dataclass(frozen=True, slots=True)
+class _Object:
+    """Where a live object is: its span, slot, and byte offset of a tiny piece."""
+
+    span: MSpan
+    slot: int
+    piece: int  # offset of the tiny piece in its block; -1 for a whole slot
+
+
+class Heap(_fast.HeapBase):
+    """A Go-style heap over real memory.
+
+    ``malloc(size, *, scan=False, zero=True) -> int`` and ``free(addr)`` are
+    the fast path (C).  ``with Heap() as heap:`` closes it on exit;
+    ``close()`` unmaps everything.
+    """
+
+    def __init__(self) -> None:
+        with _slots_lock:
+            if not _free_slots:
+                raise OutOfMemoryError(f"more than {lib.RA_MAX_HEAPS} heaps are open at once")
+            slot = _free_slots.pop()
+        self.closed = False
+        self.mheap = MHeap()
+        self.c: Any = ffi.new("ra_heap *")
+        c = self.c
+        c.gen = next(_gens)
+        c.id = self.mheap.id
+        c.slot = slot
+        c.class_to_size = list(CLASS_TO_SIZE)
+        c.size_to_class8 = list(SIZE_TO_CLASS8)
+        c.size_to_class128 = list(SIZE_TO_CLASS128)
+        self.empty_span: Any = ffi.new("ra_span *")  # no slots: every fast path misses
+        self.central = [MCentral(self.mheap, c, spc) for spc in range(NUM_SPAN_CLASSES)]
+        self.lifecycle_lock = threading.Lock()
+        self._local = threading.local()
+        self._caches: weakref.WeakSet[MCache] = weakref.WeakSet()
+        self._buffers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._retired = [0] * (2 * NUM_SIZE_CLASSES + 2)  # counts of flushed caches
+        self._bind(
+            int(ffi.cast("uintptr_t", c)),
+            int(ffi.cast("uintptr_t", ffi.addressof(lib, "ra_arena_l1"))),
+        )
+
+    def __enter__(self) -> Heap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            self.close()
+
+    # -- slow paths called by the C fast path --------------------------------
+
+    def _malloc_slow(self, size: int, *, scan: bool = False, zero: bool = True) -> int:
+        """malloc when the fast path missed or the arguments need checking."""
+        size = require_int("size", size)
+        for name, flag in (("scan", scan), ("zero", zero)):
+            if not isinstance(flag, bool):
+                raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
+        self._check_open()
+        noscan = not scan
+        if size > MAX_SMALL_SIZE:
+            npages = -(-size // PAGE_SIZE)
+            if npages > MAX_PAGES:
+                raise OutOfMemoryError(f"malloc({size:#x}): larger than the address space")
+            span = self.mheap.alloc_span(npages, SpanState.IN_USE, int(noscan), zero=zero)
+            return span.base
+        cache = self._my_cache()
+        spc = (
+            _TINY_SPAN_CLASS
+            if noscan and size < TINY_SIZE
+            else make_span_class(size_to_class(size) or 1, noscan)
+        )
+        for _ in range(2):
+            addr = int(lib.ra_cache_malloc(self.c, cache.c, size, noscan, zero))
+            if addr:
+                return addr
+            cache.refill(spc)
+        raise HeapCorruption(f"CACHE-1: span class {spc} has no free slot right after a refill")
+
+    def _free_slow(self, addr: int) -> None:
+        """free of a large object, or of an address the fast path rejected."""
+        obj = self._locate(addr, "free")
+        span = obj.span
+        if span.c.spanclass < 2:
+            with self.mheap.lock:  # re-check: another thread may free it first
+                live = span.c.state == SpanState.IN_USE and span.base == addr
+            if not live:
+                raise DoubleFreeError(f"free({addr:#x}): the large object was already freed")
+            self.mheap.free_span(span)
+            return
+        out = ffi.new("ra_span **")
+        cache = getattr(self._local, "cache", None)
+        rc = lib.ra_cache_free(self.c, addr, cache.c if cache else ffi.NULL, out)
+        if rc == lib.RA_FREE_SLOW:
+            raise DoubleFreeError(f"free({addr:#x}): the object was freed by another thread")
+        if rc == lib.RA_FREE_EMPTIED:
+            self.central[out[0].spanclass].span_emptied()
+
+    def _span_emptied(self, span_id: int) -> None:
+        self.central[self.mheap.spans.ptr(span_id).spanclass].span_emptied()
+
+    # -- the rest of the public API ----------------------------------------
+
+    def realloc(self, addr: int, size: int) -> int:
+        """Resize the object at ``addr``; keeps its contents up to the smaller
+        size.  Stays in place while the size class (or page count) still fits."""
+        size = require_int("size", size)
+        obj = self._locate(addr, "realloc")
+        c = obj.span.c
+        noscan = bool(c.spanclass & 1)
+        if c.spanclass < 2:
+            fits = size > MAX_SMALL_SIZE and -(-size // PAGE_SIZE) == c.npages
+        elif obj.piece >= 0:
+            fits = noscan and size < TINY_SIZE and size <= self._extent(obj)
+        else:
+            tiny = noscan and size < TINY_SIZE
+            fits = not tiny and size <= MAX_SMALL_SIZE and size_to_class(size) == c.spanclass >> 1
+        if fits:
+            return addr
+        new = self.malloc(size, scan=not noscan)
+        ffi.memmove(ffi.cast("char *", new), ffi.cast("char *", addr), min(size, self._extent(obj)))
+        self.free(addr)
+        return new
+
+    def usable_size(self, addr: int) -> int:
+        """Bytes usable at ``addr``: Go's roundupsize of the request for small
+        and large objects; a tiny piece's own extent."""
+        return self._extent(self._locate(addr, "usable_size"))
+
+    def alloc(self, size: int, *, scan: bool = False, zero: bool = True) -> Any:
+        """Allocate ``size`` bytes as a :class:`Buffer` (buffer protocol)."""
+        buf = Buffer(self, self.malloc(size, scan=scan, zero=zero), size)
+        self._buffers.add(buf)
+        return buf
+
+    def span_of(self, addr: int) -> SpanInfo | None:
+        """The span holding ``addr``, or None when it is not in a live span."""
+        addr = require_int("addr", addr, 0, (1 << 64) - 1)
+        self._check_open()
+        span = self.mheap.span_of(addr)
+        return None if span is None else span.info()
+
+    def metadata_bytes(self) -> int:
+        """C memory held for allocator metadata (arenas, spans, bitmaps, caches)."""
+        return self.mheap.metadata_bytes() + len(self._caches) * _MCACHE_BYTES + _HEAP_BYTES
+
+    def check(self) -> None:
+        """Verify every invariant of every layer; raise HeapCorruption naming it.
+        Other threads must not be using the heap meanwhile."""
+        self._check_open()
+        self.mheap.check()
+        caches = list(self._caches)
+        cached: set[int] = set()
+        for cache in caches:
+            ids = cache.cached_ids()
+            if cached & set(ids) or len(set(ids)) != len(ids):
+                raise HeapCorruption("CENTRAL-1: a span is cached by two thread caches")
+            cached.update(ids)
+            for spc, s in enumerate(cache.c.alloc):
+                if s != self.empty_span and (s.spanclass != spc or not s.cached):
+                    raise HeapCorruption(f"CACHE-1: cached span {int(s.id)} is not of class {spc}")
+            self._check_tiny(cache)
+        listed = sum(central.check(cached) for central in self.central)
+        small = [s for s in self.mheap.live_spans() if s.c.spanclass >= 2]
+        if len(small) != listed + len(cached):
+            raise HeapCorruption(
+                f"CENTRAL-1: {len(small)} object spans, {listed} on central lists, "
+                f"{len(cached)} cached"
+            )
+
+    def close(self) -> None:
+        """Unmap all memory.  Idempotent.  BufferError while a Buffer is exported."""
+        with self.lifecycle_lock:
+            if self.closed:
+                return
+            exported = [b for b in self._buffers if b.exports]
+            if exported:
+                raise BufferError(
+                    f"cannot close the heap: {len(exported)} Buffer(s) still have exported "
+                    f"views, e.g. {exported[0]!r}"
+                )
+            self.c.closed = 1
+            self.closed = True
+            for buf in list(self._buffers):
+                buf._invalidate()
+            self.mheap.close()
+            with _slots_lock:
+                _free_slots.append(int(self.c.slot))
+
+    # -- helpers ----------------------------------------------------------
+
+    def absorb_counts(self, c: Any) -> None:
+        """Keep a flushed cache's counters (merged into statistics later)."""
+        n = NUM_SIZE_CLASSES
+        for i in range(n):
+            self._retired[i] += int(c.nmalloc[i])
+            self._retired[n + i] += int(c.nfree[i])
+            c.nmalloc[i] = c.nfree[i] = 0
+        self._retired[2 * n] += int(c.tiny_allocs)
+        self._retired[2 * n + 1] += int(c.tiny_frees)
+        c.tiny_allocs = c.tiny_frees = 0
+
+    def _my_cache(self) -> MCache:
+        cache: MCache | None = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = MCache(self)
+            self._local.cache = cache
+            self._caches.add(cache)
+            _fast.set_thread_cache(int(self.c.slot), int(self.c.gen), cache.address)
+        return cache
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise HeapClosedError("the heap is closed")
+
+    def _locate(self, addr: object, op: str) -> _Object:
+        """The live object at ``addr``, or the specific error for why not."""
+        if type(addr) is not int:
+            raise ArgumentTypeError(f"{op}: address must be an int, not {type(addr).__name__}")
+        self._check_open()
+        arena = ARENAS.lookup(addr)
+        where = f"{op}({addr:#x})"
+        if arena is None:
+            raise ForeignPointerError(f"{where}: not an address of this heap")
+        if arena.heap_id != self.mheap.id:
+            raise ForeignPointerError(f"{where}: the address belongs to another heap")
+        span = self.mheap.span_of(addr)
+        if span is None:
+            if addr % PAGE_SIZE:
+                raise ForeignPointerError(f"{where}: no object there (free pages of this heap)")
+            raise DoubleFreeError(f"{where}: no live object there (already freed?)")
+        c = span.c
+        base = int(c.base)
+        if c.state != SpanState.IN_USE:
+            raise ForeignPointerError(f"{where}: inside pages handed out whole, not an object")
+        if c.spanclass < 2:
+            if addr != base:
+                raise InteriorPointerError(
+                    f"{where}: points {addr - base} bytes into the large object at {base:#x}"
+                )
+            return _Object(span, 0, -1)
+        elemsize = int(c.elemsize)
+        slot, inner = divmod(addr - base, elemsize)
+        if slot >= c.nelems:
+            raise ForeignPointerError(f"{where}: in the unused tail of the span at {base:#x}")
+        allocated = slot < c.free_index or bool(c.alloc_bits[slot >> 6] >> (slot & 63) & 1)
+        pending = bool(c.free_bits[slot >> 6] >> (slot & 63) & 1)
+        state = int(c.tiny_state[slot]) if c.tiny_state != ffi.NULL else 0
+        if state:
+            if allocated and not pending and state >> inner & 1:
+                return _Object(span, slot, inner)
+            for start in range(inner + 1):
+                if state >> start & 1 and inner <= start + _tiny_extent(state, start) - 1:
+                    block = addr - inner
+                    raise InteriorPointerError(
+                        f"{where}: points {inner - start} bytes into the tiny object at "
+                        f"{block + start:#x}"
+                    )
+            raise DoubleFreeError(f"{where}: no live tiny object starts there (already freed?)")
+        if inner:
+            raise InteriorPointerError(
+                f"{where}: points {inner} bytes into the {elemsize}-byte object at "
+                f"{addr - inner:#x}"
+            )
+        if not allocated or pending:
+            raise DoubleFreeError(f"{where}: the object is not allocated (already freed?)")
+        return _Object(span, slot, -1)
+
+    def _extent(self, obj: _Object) -> int:
+        c = obj.span.c
+        if obj.piece >= 0:
+            return _tiny_extent(int(c.tiny_state[obj.slot]), obj.piece)
+        return int(c.elemsize)
+
+    def _check_tiny(self, cache: MCache) -> None:
+        c = cache.c
+        if c.tiny == 0:
+            return
+        s = c.tiny_span
+        slot = (int(c.tiny) - int(s.base)) // TINY_SIZE
+        if s.spanclass != _TINY_SPAN_CLASS or not s.tiny_state[slot] & lib.RA_TINY_HELD:
+            raise HeapCorruption(f"CACHE-2: tiny block {int(c.tiny):#x} is not held")
+
+
+def _tiny_extent(state: int, start: int) -> int:
+    """Bytes of the tiny piece starting at byte ``start`` (see RA_TINY_HELD in shim.h)."""
+    ends = (state >> 16 & 0x7FFF) >> start
+    return (ends & -ends).bit_length() if ends else 16 - start
