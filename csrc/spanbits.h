@@ -202,30 +202,39 @@ static inline uintptr_t ra_malloc_small(ra_heap *h, ra_mcache *c, size_t size, i
         uintptr_t off = c->tiny_offset;
         off = (size & 7) == 0 ? (off + 7) & ~7u : (size & 3) == 0 ? (off + 3) & ~3u
             : (size & 1) == 0 ? (off + 1) & ~1u : off;
-        if (!c->tiny || off + size > RA_TINY_SIZE) {
-            /* A new block; zeroed always, so every piece of it reads as zero. */
-            ra_span *s = c->alloc[RA_TINY_SPAN_CLASS];
-            int64_t slot = ra_next_free(s);
-            if (slot < 0) return 0;
-            uintptr_t block = s->base + (uintptr_t)slot * RA_TINY_SIZE;
-            if (s->needzero) memset((void *)block, 0, RA_TINY_SIZE);
-            c->nmalloc[RA_TINY_SPAN_CLASS >> 1]++;
+        uint32_t end = (uint32_t)size - 1;
+        if (c->tiny && off + size <= RA_TINY_SIZE) {
+            ra_span *s = c->tiny_span;
+            uint32_t idx = (uint32_t)(((c->tiny - s->base) * s->div_magic) >> 32);
+            end += (uint32_t)off;
+            uint32_t bits = (1u << off) | (end < 15 ? 1u << (16 + end) : 0);
+            __atomic_or_fetch(&s->tiny_state[idx], bits, __ATOMIC_ACQ_REL);
+            c->tiny_offset = off + size;
+            c->tiny_allocs++;
+            return c->tiny + off;
+        }
+        /* A new block, zeroed always so every piece of it reads as zero. */
+        ra_span *s = c->alloc[RA_TINY_SPAN_CLASS];
+        int64_t slot = ra_next_free(s);
+        if (slot < 0) return 0;
+        uintptr_t block = s->base + (uintptr_t)slot * RA_TINY_SIZE;
+        if (s->needzero) memset((void *)block, 0, RA_TINY_SIZE);
+        c->nmalloc[RA_TINY_SPAN_CLASS >> 1]++;
+        c->tiny_allocs++;
+        uint32_t bits = 1u | (end < 15 ? 1u << (16 + end) : 0);
+        /* Go's rule: keep whichever block has more room left. */
+        if (!c->tiny || size < c->tiny_offset) {
             uint32_t freed_idx;
             ra_span *dead = ra_tiny_retire(c, &freed_idx);
-            RA_STORE(&s->tiny_state[slot], RA_TINY_HELD);
+            RA_STORE(&s->tiny_state[slot], RA_TINY_HELD | bits);
             c->tiny = block;
             c->tiny_span = s;
-            off = 0;
+            c->tiny_offset = size;
             if (dead) ra_free_slot(h, dead, freed_idx, c);
+        } else {
+            RA_STORE(&s->tiny_state[slot], bits);
         }
-        ra_span *s = c->tiny_span;
-        uint32_t idx = (uint32_t)(((c->tiny - s->base) * s->div_magic) >> 32);
-        uint32_t end = (uint32_t)(off + size - 1);
-        uint32_t bits = (1u << off) | (end < 15 ? 1u << (16 + end) : 0);
-        __atomic_or_fetch(&s->tiny_state[idx], bits, __ATOMIC_ACQ_REL);
-        c->tiny_offset = off + size;
-        c->tiny_allocs++;
-        return c->tiny + off;
+        return block;
     }
     uint32_t sc = size <= 1024 ? h->size_to_class8[(size + 7) >> 3]
                                : h->size_to_class128[(size - 1024 + 127) >> 7];

@@ -12,7 +12,9 @@ mimalloc's MI_DEBUG does:
 
 Lock order (acquire left to right, never the reverse):
 
-  MHeap.lock  ->  ArenaIndex.lock  ->  OSMem.lock
+  Heap.lifecycle_lock -> MCentral.lock -> MHeap.lock -> ArenaIndex.lock -> OSMem.lock
+
+The C fast path takes no lock at all.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ def _level() -> int:
 
 
 DEBUG: Final = _level()
-LOCK_ORDER: Final = ("MHeap.lock", "ArenaIndex.lock", "OSMem.lock")
+LOCK_ORDER: Final = (
+    "Heap.lifecycle_lock",
+    "MCentral.lock",
+    "MHeap.lock",
+    "ArenaIndex.lock",
+    "OSMem.lock",
+)
 
 
 class OwnedLock:

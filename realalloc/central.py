@@ -35,11 +35,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
+from . import _debug
 from ._debug import OwnedLock, assert_lock_held
 from .errors import HeapCorruption
 from .osmem import ffi, lib
 from .sizeclasses import CLASS_TO_NPAGES
-from .span import MSpan, SpanList, SpanState
+from .span import MSpan, SpanList, SpanState, check_span
 
 if TYPE_CHECKING:
     from .mheap import MHeap
@@ -110,6 +111,8 @@ class MCentral:
     def _place_locked(self, s: Any) -> None:
         """File a swept, uncached span: partial, full, or back to the page heap."""
         assert_lock_held(self.lock)
+        if _debug.DEBUG >= 2:  # (L2, O(nelems)) every span as it changes hands
+            check_span(s)
         if s.alloc_count == 0:
             if s.in_dirty:
                 # A racing free pushed it; the stack must not keep a released record.

@@ -54,6 +54,7 @@ from .errors import (
     HeapClosedError,
     HeapCorruption,
     InteriorPointerError,
+    InvalidArgumentError,
     OutOfMemoryError,
     require_int,
 )
@@ -178,11 +179,12 @@ class Heap(_fast.HeapBase):
         obj = self._locate(addr, "free")
         span = obj.span
         if span.c.spanclass < 2:
-            with self.mheap.lock:  # re-check: another thread may free it first
-                live = span.c.state == SpanState.IN_USE and span.base == addr
-            if not live:
-                raise DoubleFreeError(f"free({addr:#x}): the large object was already freed")
-            self.mheap.free_span(span)
+            try:
+                self.mheap.free_span(span, SpanState.IN_USE, base=addr)
+            except InvalidArgumentError:
+                raise DoubleFreeError(
+                    f"free({addr:#x}): the large object was already freed"
+                ) from None
             return
         out = ffi.new("ra_span **")
         cache = getattr(self._local, "cache", None)

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import psutil
 
+from . import _debug
 from ._debug import OwnedLock, assert_lock_held
 from .arena import ARENAS, PAGES_PER_ARENA, HeapArena
 from .errors import (
@@ -116,11 +117,16 @@ class MHeap:
         """Return a MANUAL span's pages (Go: freeManual)."""
         self.free_span(span, SpanState.MANUAL)
 
-    def free_span(self, span: MSpan, state: SpanState = SpanState.IN_USE) -> None:
-        """Return a span's pages.  It must be live and in ``state``."""
+    def free_span(
+        self, span: MSpan, state: SpanState = SpanState.IN_USE, base: int | None = None
+    ) -> None:
+        """Return a span's pages.  It must be live, in ``state`` and, when
+        ``base`` is given, still start there (checked under the lock, so two
+        racing frees of one large object cannot both succeed)."""
         with self.lock:
             self._check_open()
-            if span.c.state != state:
+            c = span.c
+            if c.state != state or (base is not None and c.base != base):
                 raise InvalidArgumentError(f"{span!r} is not a live {state.name} span")
             self.free_span_locked(span)
 
@@ -144,6 +150,8 @@ class MHeap:
                 base, scav = self._alloc_pages_locked(npages, local)
             span = self._new_span_locked(base, npages, state, spanclass)
             self.os.reused(scav)
+            if _debug.DEBUG >= 3:  # (L3, O(heap)) the page allocator after every change
+                self.pages.check()
         dirty = scav < npages * PAGE_SIZE  # released pages read as zero
         if spanclass >= 2:
             span.c.needzero = dirty
@@ -378,6 +386,8 @@ class MHeap:
             self._tiny_states.free(self._tiny_states.index_of(c.tiny_state))
         c.state = SpanState.FREE
         self.spans.free(span.id)
+        if _debug.DEBUG >= 3:  # (L3, O(heap))
+            self.pages.check()
 
     def _thread_local_pages(self) -> _ThreadPages:
         local: _ThreadPages | None = getattr(self._local, "pages", None)
