@@ -198,10 +198,10 @@ static inline ra_span *ra_tiny_retire(ra_mcache *c, uint32_t *idx_out) {
  * it and calls again. */
 static inline uintptr_t ra_malloc_small(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero) {
     if (noscan && size < RA_TINY_SIZE) {
-        if (size == 0) size = 1;
         uintptr_t off = c->tiny_offset;
         off = (size & 7) == 0 ? (off + 7) & ~7u : (size & 3) == 0 ? (off + 3) & ~3u
             : (size & 1) == 0 ? (off + 1) & ~1u : off;
+        if (size == 0) size = 1; /* 8-aligned like Go's rule says; one byte keeps it unique */
         uint32_t end = (uint32_t)size - 1;
         if (c->tiny && off + size <= RA_TINY_SIZE) {
             ra_span *s = c->tiny_span;

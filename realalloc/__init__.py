@@ -115,6 +115,7 @@ from .pagecache import PageCache
 from .rss import rss
 from .sizeclasses import roundupsize, size_to_class
 from .span import MSpan, SpanInfo, SpanState
+from .stats import MemoryReport, MemStats, SizeClassStats
 
 _default_heap = Heap()
 malloc = _default_heap.malloc
@@ -137,11 +138,14 @@ __all__ = [
     "InvalidPointerError",
     "MHeap",
     "MSpan",
+    "MemStats",
+    "MemoryReport",
     "OutOfMemoryError",
     "PageAlloc",
     "PageCache",
     "RealAllocError",
     "ShimError",
+    "SizeClassStats",
     "SpanInfo",
     "SpanState",
     "__version__",

@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,6 +61,8 @@ from .errors import (
 )
 from .mheap import MAX_PAGES, MHeap
 from .osmem import PAGE_SIZE, ffi, lib
+from .rss import rss, uss
+from .scavenger import BackgroundScavenger
 from .sizeclasses import (
     CLASS_TO_SIZE,
     MAX_SMALL_SIZE,
@@ -72,6 +75,7 @@ from .sizeclasses import (
     size_to_class,
 )
 from .span import MSpan, SpanInfo, SpanState
+from .stats import MemoryReport, MemStats, SizeClassStats
 
 __all__ = ["Buffer", "Heap"]
 
@@ -108,7 +112,7 @@ class Heap(_fast.HeapBase):
     ``close()`` unmaps everything.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, background_scavenger: bool = True) -> None:
         with _slots_lock:
             if not _free_slots:
                 raise OutOfMemoryError(f"more than {lib.RA_MAX_HEAPS} heaps are open at once")
@@ -130,10 +134,14 @@ class Heap(_fast.HeapBase):
         self._caches: weakref.WeakSet[MCache] = weakref.WeakSet()
         self._buffers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._retired = [0] * (2 * NUM_SIZE_CLASSES + 2)  # counts of flushed caches
+        self.stats_lock = threading.Lock()
+        self._large = [0, 0, 0, 0]  # allocs, bytes allocated, frees, bytes freed
+        self._baseline_rss = rss()
         self._bind(
             int(ffi.cast("uintptr_t", c)),
             int(ffi.cast("uintptr_t", ffi.addressof(lib, "ra_arena_l1"))),
         )
+        self._scavenger = BackgroundScavenger(self) if background_scavenger else None
 
     def __enter__(self) -> Heap:
         return self
@@ -160,6 +168,9 @@ class Heap(_fast.HeapBase):
             if npages > MAX_PAGES:
                 raise OutOfMemoryError(f"malloc({size:#x}): larger than the address space")
             span = self.mheap.alloc_span(npages, SpanState.IN_USE, int(noscan), zero=zero)
+            with self.stats_lock:
+                self._large[0] += 1
+                self._large[1] += npages * PAGE_SIZE
             return span.base
         cache = self._my_cache()
         spc = (
@@ -181,6 +192,9 @@ class Heap(_fast.HeapBase):
         if span.c.spanclass < 2:
             try:
                 self.mheap.free_span(span, SpanState.IN_USE, base=addr)
+                with self.stats_lock:
+                    self._large[2] += 1
+                    self._large[3] += span.nbytes
             except InvalidArgumentError:
                 raise DoubleFreeError(
                     f"free({addr:#x}): the large object was already freed"
@@ -238,9 +252,102 @@ class Heap(_fast.HeapBase):
         span = self.mheap.span_of(addr)
         return None if span is None else span.info()
 
+    def stats(self) -> MemStats:
+        """Go's runtime.MemStats for this heap, from counters (no heap walk)."""
+        self._check_open()
+        n = NUM_SIZE_CLASSES
+        counts = list(self._retired)
+        for cache in list(self._caches):
+            c = cache.c
+            mine = (*ffi.unpack(c.nmalloc, n), *ffi.unpack(c.nfree, n), c.tiny_allocs, c.tiny_frees)
+            counts = [a + int(b) for a, b in zip(counts, mine, strict=True)]
+        h = self.c
+        orphan = ffi.unpack(h.orphan_nfree, n)
+        nmalloc = counts[:n]
+        nfree = [a + int(b) for a, b in zip(counts[n : 2 * n], orphan, strict=True)]
+        tiny_allocs, tiny_frees = counts[2 * n], counts[2 * n + 1] + int(h.orphan_tiny_frees)
+        with self.stats_lock:
+            large_allocs, large_bytes, large_frees, large_freed_bytes = self._large
+        with self.mheap.lock:
+            meta = self.mheap._metadata_locked()
+            inuse = self.mheap.inuse_pages * PAGE_SIZE
+            manual = self.mheap.manual_pages * PAGE_SIZE
+        os_stats = self.mheap.os.stats()
+        caches = len(self._caches) * _MCACHE_BYTES
+        live_small = sum(
+            (a - f) * size for a, f, size in zip(nmalloc, nfree, CLASS_TO_SIZE, strict=True)
+        )
+        heap_sys = os_stats.ready - manual
+        metadata = meta.total + caches + _HEAP_BYTES
+        return MemStats(
+            heap_alloc=live_small + large_bytes - large_freed_bytes,
+            total_alloc=sum(a * CLASS_TO_SIZE[i] for i, a in enumerate(nmalloc)) + large_bytes,
+            heap_sys=heap_sys,
+            heap_idle=heap_sys - inuse,
+            heap_inuse=inuse,
+            heap_released=os_stats.released,
+            heap_objects=sum(nmalloc) - sum(nfree) + large_allocs - large_frees,
+            mallocs=sum(nmalloc) + large_allocs + tiny_allocs,
+            frees=sum(nfree) + large_frees + tiny_allocs,
+            tiny_allocs=tiny_allocs,
+            tiny_frees=tiny_frees,
+            large_allocs=large_allocs,
+            large_frees=large_frees,
+            manual_inuse=manual,
+            mspan_inuse=meta.mspan_inuse,
+            mspan_sys=meta.mspan_sys,
+            mcache_inuse=caches,
+            gc_sys=meta.bitmaps,
+            other_sys=meta.arenas + _HEAP_BYTES,
+            metadata=metadata,
+            mapped=os_stats.ready,
+            reserved=os_stats.reserved,
+            sys=os_stats.ready + metadata,
+            by_size=tuple(SizeClassStats(CLASS_TO_SIZE[i], nmalloc[i], nfree[i]) for i in range(n)),
+        )
+
+    def spans(self) -> Iterator[SpanInfo]:
+        """Every live span, walked now (a full picture; stats() is the cheap one)."""
+        self._check_open()
+        return iter([span.info() for span in self.mheap.live_spans()])
+
+    def memory_report(self) -> MemoryReport:
+        """The allocator's view of its memory beside the OS's (RSS, USS)."""
+        st = self.stats()
+        return MemoryReport(
+            in_use=st.heap_alloc + st.manual_inuse,
+            free_in_spans=st.heap_inuse - st.heap_alloc,
+            free_resident=st.heap_idle - st.heap_released,
+            released=st.heap_released,
+            metadata=st.metadata,
+            mapped=st.mapped,
+            rss=rss(),
+            uss=uss(),
+            baseline_rss=self._baseline_rss,
+        )
+
+    def scavenge(self, nbytes: int | None = None) -> int:
+        """Give free pages back to the OS (MADV_DONTNEED), highest addresses
+        first: up to ``nbytes``, or all when None (Go: debug.FreeOSMemory).
+        Returns the bytes released; they count in ``heap_released``."""
+        if nbytes is not None:
+            require_int("nbytes", nbytes)
+        self._check_open()
+        return self.mheap.scavenge(nbytes)
+
+    def set_memory_limit(self, nbytes: int | None) -> None:
+        """Cap the memory this heap keeps resident (Go: GOMEMLIMIT): mapped and
+        not released, plus metadata.  An allocation that would pass it first
+        releases free pages; if that is not enough it raises OutOfMemoryError
+        and changes nothing.  None removes the limit."""
+        if nbytes is not None:
+            require_int("nbytes", nbytes)
+        self._check_open()
+        self.mheap.memory_limit = nbytes
+
     def metadata_bytes(self) -> int:
         """C memory held for allocator metadata (arenas, spans, bitmaps, caches)."""
-        return self.mheap.metadata_bytes() + len(self._caches) * _MCACHE_BYTES + _HEAP_BYTES
+        return self.mheap.metadata().total + len(self._caches) * _MCACHE_BYTES + _HEAP_BYTES
 
     def check(self) -> None:
         """Verify every invariant of every layer; raise HeapCorruption naming it.
@@ -265,6 +372,12 @@ class Heap(_fast.HeapBase):
                 f"CENTRAL-1: {len(small)} object spans, {listed} on central lists, "
                 f"{len(cached)} cached"
             )
+        st = self.stats()
+        st.check()
+        live = sum(int(s.c.alloc_count) - int(s.c.nfreed) for s in small)
+        counted = sum(c.mallocs - c.frees for c in st.by_size)
+        if live != counted:
+            raise HeapCorruption(f"STATS-3: {live} live small objects, counters say {counted}")
 
     def close(self) -> None:
         """Unmap all memory.  Idempotent.  BufferError while a Buffer is exported."""
@@ -279,6 +392,8 @@ class Heap(_fast.HeapBase):
                 )
             self.c.closed = 1
             self.closed = True
+            if self._scavenger is not None:
+                self._scavenger.stop()
             for buf in list(self._buffers):
                 buf._invalidate()
             self.mheap.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from dataclasses import dataclass
 from typing import Any, Final
 
 import psutil
@@ -54,7 +55,7 @@ from .pagecache import PageCache
 from .sizeclasses import CLASS_TO_DIVMAGIC, CLASS_TO_SIZE
 from .span import MSpan, SpanState, check_span
 
-__all__ = ["MAX_PAGES", "MHeap"]
+__all__ = ["MAX_PAGES", "HeapMetadata", "MHeap"]
 
 PAGE_SHIFT: Final = 13
 MAX_PAGES: Final = (1 << 46) >> PAGE_SHIFT
@@ -70,6 +71,24 @@ _GROW_LIMIT: Final = psutil.virtual_memory().total
 """One growth step may not exceed physical memory: such a request could never be
 backed, and its arenas' metadata alone would cost 0.1% of it."""
 _heap_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class HeapMetadata:
+    """C memory MHeap holds for metadata, in bytes."""
+
+    mspan_inuse: int
+    """Span records in use."""
+    mspan_sys: int
+    """Slabs of span records."""
+    bitmaps: int
+    """Slabs of span bitmaps and tiny state words."""
+    arenas: int
+    """Arena metadata (page -> span maps, page-in-use bits)."""
+
+    @property
+    def total(self) -> int:
+        return self.mspan_sys + self.bitmaps + self.arenas
 
 
 class _ThreadPages:
@@ -105,6 +124,9 @@ class MHeap:
         # Weak: a thread's cache must die (and flush) with the thread.
         self._thread_pages: weakref.WeakSet[_ThreadPages] = weakref.WeakSet()
         self.closed = False
+        self.inuse_pages = 0  # pages of IN_USE spans
+        self.manual_pages = 0  # pages of MANUAL spans
+        self.memory_limit: int | None = None
 
     # -- public entry points (take the lock) ------------------------------
 
@@ -139,6 +161,10 @@ class MHeap:
         pages are never cleared here: ``needzero`` records whether they might
         hold old data.  Other spans are cleared when ``zero`` asks for it.
         """
+        if self.memory_limit is not None:
+            with self.lock:
+                self._check_open()
+                self._admit_locked(npages)
         base = scav = 0
         local = None
         if npages < _PAGE_CACHE_MAX:
@@ -200,15 +226,53 @@ class MHeap:
             if c.state != SpanState.FREE
         ]
 
-    def metadata_bytes(self) -> int:
-        """C memory held for metadata: arenas, span records, bitmaps."""
+    def metadata(self) -> HeapMetadata:
+        """C memory held for metadata, by kind."""
         with self.lock:
-            return (
-                len(self.arenas) * _ARENA_META_BYTES
-                + self.spans.nbytes
-                + self._tiny_states.nbytes
-                + sum(b.nbytes for b in self._bitmaps.values())
-            )
+            return self._metadata_locked()
+
+    def _metadata_locked(self) -> HeapMetadata:
+        return HeapMetadata(
+            mspan_inuse=self.spans.live * self.spans.record_bytes,
+            mspan_sys=self.spans.nbytes,
+            bitmaps=self._tiny_states.nbytes + sum(b.nbytes for b in self._bitmaps.values()),
+            arenas=len(self.arenas) * _ARENA_META_BYTES,
+        )
+
+    def retained_locked(self) -> int:
+        """Bytes that may be resident: mapped and not released, plus metadata."""
+        assert_lock_held(self.lock)
+        os_stats = self.os.stats()
+        return os_stats.ready - os_stats.released + self._metadata_locked().total
+
+    def _admit_locked(self, npages: int) -> None:
+        """Enforce the memory limit before ``npages`` pages become resident:
+        release free pages first; refuse if that is not enough."""
+        assert_lock_held(self.lock)
+        limit = self.memory_limit
+        if limit is None:
+            return
+        need = npages * PAGE_SIZE
+        over = self.retained_locked() + need - limit
+        if over > 0:
+            self.pages.scavenge(over)
+            over = self.retained_locked() + need - limit
+            if over > 0:
+                raise OutOfMemoryError(
+                    f"allocating {need} bytes would exceed the memory limit of {limit} bytes "
+                    f"by {over} bytes, with every free page already released"
+                )
+
+    def scavenge_excess(self, retain_percent: int, max_bytes: int) -> int:
+        """Release up to ``max_bytes`` of the free resident pages beyond
+        ``retain_percent`` % of the in-use pages (Go: retainExtraPercent)."""
+        with self.lock:
+            if self.closed:
+                return 0
+            pages = self.pages
+            resident_free = (pages.npages_free - pages.npages_scavenged) * PAGE_SIZE
+            excess = resident_free - self.inuse_pages * PAGE_SIZE * retain_percent // 100
+            return pages.scavenge(min(excess, max_bytes)) if excess > 0 else 0
 
     def check(self) -> None:
         """Verify HEAP-1..3, OS-1 and every PageAlloc invariant; raise HeapCorruption."""
@@ -325,13 +389,17 @@ class MHeap:
         c.base = base
         c.npages = npages
         c.state = state
+        if state == SpanState.IN_USE:
+            self.inuse_pages += npages
+        else:
+            self.manual_pages += npages
         c.spanclass = spanclass
         sizeclass = spanclass >> 1
         if sizeclass:
             self._init_objects_locked(c, sizeclass)
-        else:
+        else:  # one object: the whole span
             c.elemsize = npages * PAGE_SIZE
-            c.nelems = 1
+            c.nelems = c.alloc_count = 1
         span = MSpan(c)
         self._map_span_locked(span, c)
         return span
@@ -378,6 +446,10 @@ class MHeap:
             raise HeapCorruption(f"SPAN-1: span {span!r} is not live")
         self._map_span_locked(span, ffi.NULL)
         self.pages.free(span.base, span.npages)
+        if c.state == SpanState.IN_USE:
+            self.inuse_pages -= span.npages
+        else:
+            self.manual_pages -= span.npages
         if c.alloc_bits != ffi.NULL:
             pool = self._bitmaps[(int(c.nelems) + 63) // 64]
             pool.free(pool.index_of(c.alloc_bits))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import psutil
 
-__all__ = ["rss"]
+__all__ = ["rss", "uss"]
 
 _process = psutil.Process()
 
@@ -15,3 +15,12 @@ _process = psutil.Process()
 def rss() -> int:
     """Bytes of this process resident in RAM now."""
     return int(_process.memory_info().rss)
+
+
+def uss() -> int | None:
+    """Bytes of memory unique to this process (psutil's USS), or None where
+    the platform cannot tell."""
+    try:
+        return int(_process.memory_full_info().uss)
+    except (psutil.AccessDenied, AttributeError):
+        return None

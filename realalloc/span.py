@@ -145,7 +145,7 @@ class MSpan:
             sizeclass=spc >> 1,
             elemsize=int(c.elemsize),
             nelems=int(c.nelems),
-            allocated=int(c.alloc_count) - int(c.nfreed) if c.state == SpanState.IN_USE else 1,
+            allocated=int(c.alloc_count) - int(c.nfreed),
             noscan=bool(spc & 1),
             state=SpanState(c.state),
         )

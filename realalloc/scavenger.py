@@ -1,0 +1,67 @@
+"""The background scavenger (Go: runtime/mgcscavenge.go, bgscavenge).
+
+See realalloc/__init__.py for an overview of the allocator.
+
+Free pages stay resident after their objects are freed, so a heap that
+shrinks keeps its RSS.  One daemon thread per heap gives them back to the OS
+(MADV_DONTNEED) while the resident free pages exceed ``RETAIN_EXTRA_PERCENT``
+of the in-use pages (Go's retainExtraPercent), in steps of at most
+``STEP_BYTES`` and within a CPU budget: after a step that took *t* seconds
+it sleeps *t / BUDGET - t*, so it uses at most ``BUDGET`` of one core (Go
+aims at 1%).  With nothing to do it checks every ``IDLE_SECONDS``.
+
+``Heap.scavenge`` is the explicit, synchronous form.
+
+Locking: a step takes ``MHeap.lock`` (through ``MHeap.scavenge_excess``).
+The thread holds only a weak reference to its heap between steps, so an
+unreferenced heap can still be collected; ``stop`` ends it and waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from .heap import Heap
+
+__all__ = ["BUDGET", "RETAIN_EXTRA_PERCENT", "BackgroundScavenger"]
+
+RETAIN_EXTRA_PERCENT: Final = 10
+STEP_BYTES: Final = 4 << 20
+BUDGET: Final = 0.01
+IDLE_SECONDS: Final = 0.1
+
+
+class BackgroundScavenger:
+    """A daemon thread releasing one heap's excess free pages."""
+
+    __slots__ = ("_heap", "_stop", "_thread", "released")
+
+    def __init__(self, heap: Heap) -> None:
+        self._heap = weakref.ref(heap)
+        self._stop = threading.Event()
+        self.released = 0  # bytes released so far
+        self._thread = threading.Thread(target=self._run, name="realalloc-scavenger", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        pause = IDLE_SECONDS
+        while not self._stop.wait(pause):
+            heap = self._heap()
+            if heap is None or heap.closed:
+                return
+            start = time.perf_counter()
+            released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
+            spent = time.perf_counter() - start
+            del heap
+            self.released += released
+            pause = max(spent / BUDGET - spent, 0.001) if released else IDLE_SECONDS
+
+    def stop(self) -> None:
+        """End the thread (waits for a step in progress)."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
