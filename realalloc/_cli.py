@@ -1,4 +1,4 @@
-"""Command line: ``python -m realalloc {tour,classes}``.
+"""Command line: ``python -m realalloc {stress,tour,classes}``.
 
 See realalloc/__init__.py for an overview of the allocator.
 """
@@ -9,10 +9,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .errors import RealAllocError
 from .mheap import MHeap
 from .osmem import PAGE_SIZE
 from .rss import rss
 from .sizeclasses import format_class_table
+from .stress import add_arguments as add_stress_arguments
+from .stress import stress_main
 
 __all__ = ["main"]
 
@@ -88,8 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tour", help="map real memory, allocate pages, show the heap and RSS")
     sub.add_parser("classes", help="print Go's size-class table as realalloc generates it")
+    stress = sub.add_parser(
+        "stress", help="churn allocations on many threads, verify every byte, report"
+    )
+    add_stress_arguments(stress)
     args = parser.parse_args(argv)
     if args.command == "classes":
         print(format_class_table())
         return 0
+    if args.command == "stress":
+        try:
+            return stress_main(args)
+        except RealAllocError as exc:
+            parser.error(str(exc))
     return tour()

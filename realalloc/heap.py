@@ -287,6 +287,7 @@ class Heap(_fast.HeapBase):
             heap_inuse=inuse,
             heap_released=os_stats.released,
             heap_objects=sum(nmalloc) - sum(nfree) + large_allocs - large_frees,
+            released_total=self.mheap.os.released_total,
             mallocs=sum(nmalloc) + large_allocs + tiny_allocs,
             frees=sum(nfree) + large_frees + tiny_allocs,
             tiny_allocs=tiny_allocs,

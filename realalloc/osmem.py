@@ -132,13 +132,14 @@ class OSMem:
     touched and read as zero, exactly like pages given back with DONTNEED.
     """
 
-    __slots__ = ("_regions", "lock", "ready", "released", "reserved")
+    __slots__ = ("_regions", "lock", "ready", "released", "released_total", "reserved")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.reserved = 0
         self.ready = 0
         self.released = 0
+        self.released_total = 0  # cumulative bytes given back with release()
         self._regions: dict[int, tuple[int, bool]] = {}  # base -> (bytes, committed)
 
     def reserve(self, nbytes: int, align: int) -> int:
@@ -165,6 +166,7 @@ class OSMem:
         _call(lib.ra_release(addr, nbytes), "release")
         with self.lock:
             self.released += nbytes
+            self.released_total += nbytes
 
     def reused(self, nbytes: int) -> None:
         """Count released bytes that the heap has handed out again."""

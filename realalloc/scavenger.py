@@ -24,6 +24,8 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
+from .errors import HeapClosedError, ShimError
+
 if TYPE_CHECKING:
     from .heap import Heap
 
@@ -38,12 +40,13 @@ IDLE_SECONDS: Final = 0.1
 class BackgroundScavenger:
     """A daemon thread releasing one heap's excess free pages."""
 
-    __slots__ = ("_heap", "_stop", "_thread", "released")
+    __slots__ = ("_heap", "_stop", "_thread", "failures", "released")
 
     def __init__(self, heap: Heap) -> None:
         self._heap = weakref.ref(heap)
         self._stop = threading.Event()
         self.released = 0  # bytes released so far
+        self.failures = 0  # steps the OS refused
         self._thread = threading.Thread(target=self._run, name="realalloc-scavenger", daemon=True)
         self._thread.start()
 
@@ -54,7 +57,13 @@ class BackgroundScavenger:
             if heap is None or heap.closed:
                 return
             start = time.perf_counter()
-            released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
+            try:
+                released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
+            except (ShimError, HeapClosedError):
+                # The OS refused (or the heap closed meanwhile): the pages stay
+                # resident and counted as such; try again after a pause.
+                self.failures += 1
+                released = 0
             spent = time.perf_counter() - start
             del heap
             self.released += released

@@ -69,6 +69,9 @@ class MemStats:
     """Bytes of free pages given back to the OS (never touched, or scavenged)."""
     heap_objects: int
     """Live objects: mallocs - frees."""
+    released_total: int
+    """Bytes given back to the OS with MADV_DONTNEED, cumulative (scavenge, the
+    background scavenger, the memory limit)."""
     mallocs: int
     """Objects allocated, cumulative (tiny pieces included, as in Go)."""
     frees: int
