@@ -108,7 +108,8 @@ typedef struct ra_mcache {
     ra_span *tiny_span;                  /* the span holding the tiny block */
     uint64_t nmalloc[RA_NUM_SIZE_CLASSES]; /* objects handed out, by size class */
     uint64_t nfree[RA_NUM_SIZE_CLASSES];   /* objects freed by this thread */
-    uint64_t tiny_allocs;                /* tiny pieces handed out */
+    uint64_t tiny_allocs;                /* tiny pieces put in an existing block (Go's tinyAllocs) */
+    uint64_t tiny_pieces;                /* tiny pieces handed out, all of them */
     uint64_t tiny_frees;                 /* tiny pieces freed by this thread */
 } ra_mcache;
 

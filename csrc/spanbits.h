@@ -211,6 +211,7 @@ static inline uintptr_t ra_malloc_small(ra_heap *h, ra_mcache *c, size_t size, i
             __atomic_or_fetch(&s->tiny_state[idx], bits, __ATOMIC_ACQ_REL);
             c->tiny_offset = off + size;
             c->tiny_allocs++;
+            c->tiny_pieces++;
             return c->tiny + off;
         }
         /* A new block, zeroed always so every piece of it reads as zero. */
@@ -219,8 +220,8 @@ static inline uintptr_t ra_malloc_small(ra_heap *h, ra_mcache *c, size_t size, i
         if (slot < 0) return 0;
         uintptr_t block = s->base + (uintptr_t)slot * RA_TINY_SIZE;
         if (s->needzero) memset((void *)block, 0, RA_TINY_SIZE);
-        c->nmalloc[RA_TINY_SPAN_CLASS >> 1]++;
-        c->tiny_allocs++;
+        c->nmalloc[RA_TINY_SPAN_CLASS >> 1]++; /* Go counts this piece as the block's malloc */
+        c->tiny_pieces++;
         uint32_t bits = 1u | (end < 15 ? 1u << (16 + end) : 0);
         /* Go's rule: keep whichever block has more room left. */
         if (!c->tiny || size < c->tiny_offset) {

@@ -133,7 +133,7 @@ class Heap(_fast.HeapBase):
         self._local = threading.local()
         self._caches: weakref.WeakSet[MCache] = weakref.WeakSet()
         self._buffers: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._retired = [0] * (2 * NUM_SIZE_CLASSES + 2)  # counts of flushed caches
+        self._retired = [0] * (2 * NUM_SIZE_CLASSES + 3)  # counts of flushed caches
         self.stats_lock = threading.Lock()
         self._large = [0, 0, 0, 0]  # allocs, bytes allocated, frees, bytes freed
         self._baseline_rss = rss()
@@ -259,13 +259,20 @@ class Heap(_fast.HeapBase):
         counts = list(self._retired)
         for cache in list(self._caches):
             c = cache.c
-            mine = (*ffi.unpack(c.nmalloc, n), *ffi.unpack(c.nfree, n), c.tiny_allocs, c.tiny_frees)
+            mine = (
+                *ffi.unpack(c.nmalloc, n),
+                *ffi.unpack(c.nfree, n),
+                c.tiny_allocs,
+                c.tiny_pieces,
+                c.tiny_frees,
+            )
             counts = [a + int(b) for a, b in zip(counts, mine, strict=True)]
         h = self.c
         orphan = ffi.unpack(h.orphan_nfree, n)
         nmalloc = counts[:n]
         nfree = [a + int(b) for a, b in zip(counts[n : 2 * n], orphan, strict=True)]
-        tiny_allocs, tiny_frees = counts[2 * n], counts[2 * n + 1] + int(h.orphan_tiny_frees)
+        tiny_allocs, tiny_pieces = counts[2 * n], counts[2 * n + 1]
+        tiny_frees = counts[2 * n + 2] + int(h.orphan_tiny_frees)
         with self.stats_lock:
             large_allocs, large_bytes, large_frees, large_freed_bytes = self._large
         with self.mheap.lock:
@@ -291,6 +298,7 @@ class Heap(_fast.HeapBase):
             mallocs=sum(nmalloc) + large_allocs + tiny_allocs,
             frees=sum(nfree) + large_frees + tiny_allocs,
             tiny_allocs=tiny_allocs,
+            tiny_pieces=tiny_pieces,
             tiny_frees=tiny_frees,
             large_allocs=large_allocs,
             large_frees=large_frees,
@@ -411,8 +419,9 @@ class Heap(_fast.HeapBase):
             self._retired[n + i] += int(c.nfree[i])
             c.nmalloc[i] = c.nfree[i] = 0
         self._retired[2 * n] += int(c.tiny_allocs)
-        self._retired[2 * n + 1] += int(c.tiny_frees)
-        c.tiny_allocs = c.tiny_frees = 0
+        self._retired[2 * n + 1] += int(c.tiny_pieces)
+        self._retired[2 * n + 2] += int(c.tiny_frees)
+        c.tiny_allocs = c.tiny_pieces = c.tiny_frees = 0
 
     def _my_cache(self) -> MCache:
         cache: MCache | None = getattr(self._local, "cache", None)

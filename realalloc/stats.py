@@ -13,9 +13,12 @@ the heap:
 * pages: ``MHeap`` counts pages of IN_USE and MANUAL spans; ``OSMem`` counts
   mapped and released bytes.
 
-``MemStats`` keeps Go's field meanings, in snake_case.  As in Go, tiny
-pieces are counted in both ``mallocs`` and ``frees`` (the 16-byte blocks that
-hold them are the heap objects); ``tiny_allocs``/``tiny_frees`` count pieces.
+``MemStats`` keeps Go's field meanings, in snake_case.  The 16-byte blocks
+that hold tiny pieces are the heap objects (class 2).  As in Go, a piece put
+into an existing block counts in ``tiny_allocs`` and in both ``mallocs`` and
+``frees``; a piece that starts a block counts as that block's malloc.
+``tiny_pieces``/``tiny_frees`` (no Go counterpart) count every piece handed
+out and freed, so ``tiny_pieces - tiny_frees`` pieces are live.
 
 Invariants (checked by ``MemStats.check`` and ``Heap.check``):
   STATS-1: heap_idle == heap_sys - heap_inuse; heap_released <= heap_idle
@@ -77,6 +80,8 @@ class MemStats:
     frees: int
     """Objects freed, cumulative (tiny pieces included, as in Go)."""
     tiny_allocs: int
+    """Tiny pieces put into an existing tiny block, cumulative (Go: TinyAllocs)."""
+    tiny_pieces: int
     """Tiny pieces (noscan, < 16 B) handed out, cumulative."""
     tiny_frees: int
     """Tiny pieces freed, cumulative."""

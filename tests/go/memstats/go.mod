@@ -1,0 +1,3 @@
+module realalloc.test/memstats
+
+go 1.19
