@@ -166,8 +166,7 @@ typedef struct {
 static int buffer_usable(Buffer *self) {
     if (!self->freed) return 1;
     PyErr_Format(freed_buffer_error ? freed_buffer_error : PyExc_ValueError,
-                 "Buffer of %zd bytes at 0x%llx was freed", self->size,
-                 (unsigned long long)self->addr);
+                 "Buffer of %zd bytes at %p was freed", self->size, (void *)self->addr);
     return 0;
 }
 
@@ -212,8 +211,8 @@ static PyObject *buffer_free(Buffer *self, PyObject *unused) {
     if (!buffer_usable(self)) return NULL;
     if (self->exports > 0) {
         PyErr_Format(PyExc_BufferError,
-                     "cannot free Buffer at 0x%llx: %zd exported view(s) still use its memory",
-                     (unsigned long long)self->addr, self->exports);
+                     "cannot free Buffer at %p: %zd exported view(s) still use its memory",
+                     (void *)self->addr, self->exports);
         return NULL;
     }
     PyObject *r = call_with_int(self->heap, str_free, self->addr);
@@ -267,8 +266,8 @@ static Py_ssize_t buffer_len(Buffer *self) {
 }
 
 static PyObject *buffer_repr(Buffer *self) {
-    return PyUnicode_FromFormat("<realalloc.Buffer %zd bytes at 0x%llx%s>", self->size,
-                                (unsigned long long)self->addr, self->freed ? " (freed)" : "");
+    return PyUnicode_FromFormat("<realalloc.Buffer %zd bytes at %p%s>", self->size,
+                                (void *)self->addr, self->freed ? " (freed)" : "");
 }
 
 static void buffer_dealloc(Buffer *self) {

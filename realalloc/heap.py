@@ -88,6 +88,7 @@ if __version__ != _fast.VERSION:  # pragma: no cover - depends on the build
     )
 
 _TINY_SPAN_CLASS: Final[int] = lib.RA_TINY_SPAN_CLASS
+_FREED_LARGE_MEMORY: Final = 4096
 _MCACHE_BYTES: Final[int] = ffi.sizeof("ra_mcache")
 _HEAP_BYTES: Final[int] = ffi.sizeof("ra_heap")
 _gens = itertools.count(1)
@@ -136,6 +137,9 @@ class Heap(_fast.HeapBase):
         self._retired = [0] * (2 * NUM_SIZE_CLASSES + 3)  # counts of flushed caches
         self.stats_lock = threading.Lock()
         self._large = [0, 0, 0, 0]  # allocs, bytes allocated, frees, bytes freed
+        # Bases of recently freed large objects, oldest first: a second free of
+        # one is a double free, any other address in free pages is foreign.
+        self._freed_large: dict[int, None] = {}
         self._baseline_rss = rss()
         self._bind(
             int(ffi.cast("uintptr_t", c)),
@@ -171,6 +175,7 @@ class Heap(_fast.HeapBase):
             with self.stats_lock:
                 self._large[0] += 1
                 self._large[1] += npages * PAGE_SIZE
+                self._freed_large.pop(span.base, None)
             return span.base
         cache = self._my_cache()
         spc = (
@@ -195,6 +200,9 @@ class Heap(_fast.HeapBase):
                 with self.stats_lock:
                     self._large[2] += 1
                     self._large[3] += span.nbytes
+                    self._freed_large[addr] = None
+                    if len(self._freed_large) > _FREED_LARGE_MEMORY:
+                        del self._freed_large[next(iter(self._freed_large))]
             except InvalidArgumentError:
                 raise DoubleFreeError(
                     f"free({addr:#x}): the large object was already freed"
@@ -449,9 +457,9 @@ class Heap(_fast.HeapBase):
             raise ForeignPointerError(f"{where}: the address belongs to another heap")
         span = self.mheap.span_of(addr)
         if span is None:
-            if addr % PAGE_SIZE:
-                raise ForeignPointerError(f"{where}: no object there (free pages of this heap)")
-            raise DoubleFreeError(f"{where}: no live object there (already freed?)")
+            if addr in self._freed_large:
+                raise DoubleFreeError(f"{where}: the large object was already freed")
+            raise ForeignPointerError(f"{where}: no object there (free pages of this heap)")
         c = span.c
         base = int(c.base)
         if c.state != SpanState.IN_USE:
@@ -480,13 +488,13 @@ class Heap(_fast.HeapBase):
                         f"{block + start:#x}"
                     )
             raise DoubleFreeError(f"{where}: no live tiny object starts there (already freed?)")
+        if not allocated or pending:
+            raise DoubleFreeError(f"{where}: no live object there (already freed?)")
         if inner:
             raise InteriorPointerError(
                 f"{where}: points {inner} bytes into the {elemsize}-byte object at "
                 f"{addr - inner:#x}"
             )
-        if not allocated or pending:
-            raise DoubleFreeError(f"{where}: the object is not allocated (already freed?)")
         return _Object(span, slot, -1)
 
     def _extent(self, obj: _Object) -> int:
