@@ -9,7 +9,7 @@
  * HeapBase.free(addr) must each be one call with no Python code on the way
  * and must raise realalloc's own errors.  So they are vectorcall methods
  * here; on any miss, error or unusual argument they call the Python slow
- * path (Heap._malloc_slow, Heap._free_slow, Heap._span_emptied), which owns
+ * path (Heap._refill, Heap._malloc_slow, Heap._free_slow), which owns
  * every decision and every message.
  *
  * Buffer is the object returned by Heap.alloc: a buffer-protocol view of
@@ -31,7 +31,7 @@ static __thread struct {
     ra_mcache *cache;
 } tls_cache[RA_MAX_HEAPS];
 
-static PyObject *str_malloc_slow, *str_free_slow, *str_span_emptied, *str_free, *str_scan,
+static PyObject *str_malloc_slow, *str_free_slow, *str_refill, *str_free, *str_scan,
     *str_zero;
 static PyObject *freed_buffer_error; /* realalloc.errors.BufferFreedError, set by Python */
 
@@ -93,6 +93,14 @@ static PyObject *heap_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t n
     if (!c) goto slow;
     uintptr_t addr = ra_malloc_small(h, c, (size_t)size, noscan, zero);
     if (addr) return PyLong_FromUnsignedLongLong(addr);
+    /* Miss: the span this request needs is full.  Python refills it (the
+     * policy lives there), then the same kernel runs again. */
+    uint32_t spc = ra_span_class_for(h, (size_t)size, noscan);
+    PyObject *r = call_with_int((PyObject *)self, str_refill, spc);
+    if (!r) return NULL;
+    Py_DECREF(r);
+    addr = ra_malloc_small(h, c, (size_t)size, noscan, zero);
+    if (addr) return PyLong_FromUnsignedLongLong(addr);
 slow:
     return call_slow((PyObject *)self, str_malloc_slow, args, nargs, kwnames);
 }
@@ -106,13 +114,8 @@ static PyObject *heap_free(HeapBase *self, PyObject *arg) {
         PyErr_Clear();
         goto slow;
     }
-    ra_span *span = NULL;
-    switch (ra_free_object(h, self->l1, addr, my_cache(h), &span)) {
-    case RA_FREE_OK:
-        Py_RETURN_NONE;
-    case RA_FREE_EMPTIED:
-        return call_with_int((PyObject *)self, str_span_emptied, span->id);
-    }
+    ra_span *span;
+    if (ra_free_object(h, self->l1, addr, my_cache(h), &span) == RA_FREE_OK) Py_RETURN_NONE;
 slow:
     return PyObject_CallMethodOneArg((PyObject *)self, str_free_slow, arg);
 }
@@ -357,11 +360,11 @@ static struct PyModuleDef fastmodule = {
 PyMODINIT_FUNC PyInit__fast(void) {
     str_malloc_slow = PyUnicode_InternFromString("_malloc_slow");
     str_free_slow = PyUnicode_InternFromString("_free_slow");
-    str_span_emptied = PyUnicode_InternFromString("_span_emptied");
+    str_refill = PyUnicode_InternFromString("_refill");
     str_free = PyUnicode_InternFromString("free");
     str_scan = PyUnicode_InternFromString("scan");
     str_zero = PyUnicode_InternFromString("zero");
-    if (!str_malloc_slow || !str_free_slow || !str_span_emptied || !str_free || !str_scan ||
+    if (!str_malloc_slow || !str_free_slow || !str_refill || !str_free || !str_scan ||
         !str_zero)
         return NULL;
     if (PyType_Ready(&HeapBaseType) < 0 || PyType_Ready(&BufferType) < 0) return NULL;

@@ -109,7 +109,10 @@ void ra_memzero(uintptr_t addr, size_t size) { memset((void *)addr, 0, size); }
 
 int64_t ra_span_next_free(ra_span *s) { return ra_next_free(s); }
 
-uint32_t ra_span_sweep(ra_span *s) { return ra_sweep(s); }
+uint32_t ra_span_sweep(ra_span *s) {
+    ra_sweep(s);
+    return s->nelems - s->alloc_count;
+}
 
 int ra_span_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c) {
     return ra_free_slot(h, s, idx, c);
@@ -119,14 +122,26 @@ uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int
     return ra_malloc_small(h, c, size, noscan, zero);
 }
 
+uint32_t ra_heap_span_class_for(ra_heap *h, size_t size, int noscan) {
+    return ra_span_class_for(h, size, noscan);
+}
+
 int ra_cache_free(ra_heap *h, uintptr_t addr, ra_mcache *c, ra_span **span_out) {
     return ra_free_object(h, (ra_heap_arena **const *)ra_arena_l1, addr, c, span_out);
 }
 
 ra_span *ra_cache_tiny_retire(ra_mcache *c, uint32_t *idx_out) { return ra_tiny_retire(c, idx_out); }
 
-uint32_t ra_span_uncache(ra_span *s) { return ra_uncache(s); }
+uint32_t ra_span_uncache(ra_span *s) {
+    if (ra_uncache(s)) ra_sweep(s);
+    return s->nelems - s->alloc_count;
+}
 
 ra_span *ra_heap_take_dirty(ra_heap *h, uint32_t spc) { return ra_take_dirty(h, spc); }
 
-void ra_span_clear_dirty(ra_span *s) { ra_clear_dirty(s); }
+uint32_t ra_span_sweep_dirty(ra_span *s, uint32_t spc) {
+    ra_clear_dirty(s);
+    if (s->cached || s->state != RA_SPAN_IN_USE || s->spanclass != spc) return RA_NOT_SWEPT;
+    ra_sweep(s);
+    return s->nelems - s->alloc_count;
+}

@@ -90,6 +90,8 @@ typedef struct ra_span {
     uint32_t alloc_count;  /* [owner] objects allocated, counting pending frees */
     uint32_t npages;       /* pages in the span */
     uint32_t nfreed;       /* [atomic] frees in free_bits not yet swept */
+    uint32_t sweep_at;     /* uncached: push on the dirty stack once nfreed reaches it
+                              (set by Python when it files the span) */
     uint32_t id;           /* the span's index in its heap's span table */
     uint8_t spanclass;     /* size class << 1 | noscan; 0 or 1 for large */
     uint8_t state;         /* RA_SPAN_* */
@@ -174,18 +176,21 @@ int64_t ra_fault_hits(int op);
 
 /* Span kernels (csrc/spanbits.h), exported for Python's slow paths so that
  * Python and the CPython fast path (csrc/fastpath.c) run the same code. */
-#define RA_FREE_OK 0      /* freed */
-#define RA_FREE_EMPTIED 1 /* freed, and the uncached span now holds no live object */
-#define RA_FREE_SLOW 2    /* not a small live object of this heap: Python decides */
+#define RA_FREE_OK 0   /* freed */
+#define RA_FREE_SLOW 2 /* not a small live object of this heap: Python decides */
 int64_t ra_span_next_free(ra_span *s);
-uint32_t ra_span_sweep(ra_span *s);
+uint32_t ra_span_sweep(ra_span *s); /* returns the free slots after the sweep */
 int ra_span_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c);
 uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero);
+uint32_t ra_heap_span_class_for(ra_heap *h, size_t size, int noscan);
 int ra_cache_free(ra_heap *h, uintptr_t addr, ra_mcache *c, ra_span **span_out);
 ra_span *ra_cache_tiny_retire(ra_mcache *c, uint32_t *idx_out);
-uint32_t ra_span_uncache(ra_span *s);
+uint32_t ra_span_uncache(ra_span *s); /* uncache, sweep if frees are pending; free slots */
 ra_span *ra_heap_take_dirty(ra_heap *h, uint32_t spc);
-void ra_span_clear_dirty(ra_span *s);
+/* Clear in_dirty, then sweep the span if it is an uncached IN_USE span of
+ * class spc: returns its free slots, or RA_NOT_SWEPT. */
+#define RA_NOT_SWEPT 0xffffffff
+uint32_t ra_span_sweep_dirty(ra_span *s, uint32_t spc);
 
 /* CDEF END */
 

@@ -87,9 +87,12 @@ static inline int ra_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *
     if (c) c->nfree[s->spanclass >> 1]++;
     else __atomic_add_fetch(&h->orphan_nfree[s->spanclass >> 1], 1, __ATOMIC_RELAXED);
     uint32_t pending = __atomic_add_fetch(&s->nfreed, 1, __ATOMIC_SEQ_CST);
-    /* Pairs with the seq_cst store of cached = 0 in Python's uncache: either
-     * this free sees the span uncached, or the uncacher sees nfreed > 0. */
+    /* Pairs with the seq_cst store of cached = 0 in ra_uncache: either this
+     * free sees the span uncached, or the uncacher sees nfreed > 0. */
     if (__atomic_load_n(&s->cached, __ATOMIC_SEQ_CST)) return RA_FREE_OK;
+    /* Worth a sweep only once enough frees piled up (Python's threshold), or
+     * when the span holds no live object any more. */
+    if (pending < RA_LOAD(&s->sweep_at) && pending != RA_LOAD(&s->alloc_count)) return RA_FREE_OK;
     uint8_t no = 0;
     if (__atomic_compare_exchange_n(&s->in_dirty, &no, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
         ra_span **head = &h->dirty[s->spanclass];
@@ -97,7 +100,7 @@ static inline int ra_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *
         do s->next_dirty = old;
         while (!__atomic_compare_exchange_n(head, &old, s, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
     }
-    return pending == RA_LOAD(&s->alloc_count) ? RA_FREE_EMPTIED : RA_FREE_OK;
+    return RA_FREE_OK;
 }
 
 /* The span holding `addr` if it is an IN_USE small-object span of heap `h`,
@@ -166,6 +169,14 @@ static inline ra_span *ra_take_dirty(ra_heap *h, uint32_t spc) {
 }
 
 static inline void ra_clear_dirty(ra_span *s) { __atomic_store_n(&s->in_dirty, 0, __ATOMIC_SEQ_CST); }
+
+/* The span class a small request of `size` bytes needs from the cache. */
+static inline uint32_t ra_span_class_for(const ra_heap *h, size_t size, int noscan) {
+    if (noscan && size < RA_TINY_SIZE) return RA_TINY_SPAN_CLASS;
+    uint32_t sc = size <= 1024 ? h->size_to_class8[(size + 7) >> 3]
+                               : h->size_to_class128[(size - 1024 + 127) >> 7];
+    return (sc ? sc : 1) << 1 | (noscan ? 1u : 0u); /* size 0 takes the smallest class */
+}
 
 /* A zeroed-if-asked slot of span class `spc` from the cache, or 0 on a miss. */
 static inline uintptr_t ra_cache_slot(ra_mcache *c, uint32_t spc, int zero) {
@@ -237,10 +248,7 @@ static inline uintptr_t ra_malloc_small(ra_heap *h, ra_mcache *c, size_t size, i
         }
         return block;
     }
-    uint32_t sc = size <= 1024 ? h->size_to_class8[(size + 7) >> 3]
-                               : h->size_to_class128[(size - 1024 + 127) >> 7];
-    if (sc == 0) sc = 1; /* size 0 */
-    return ra_cache_slot(c, sc << 1 | (noscan ? 1u : 0u), zero);
+    return ra_cache_slot(c, ra_span_class_for(h, size, noscan), zero);
 }
 
 #endif /* REALALLOC_SPANBITS_H */

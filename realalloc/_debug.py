@@ -5,8 +5,9 @@ See realalloc/__init__.py for an overview of the allocator.
 ``REALALLOC_DEBUG`` (read once at import) grades the checks by cost, as
 mimalloc's MI_DEBUG does:
 
-  0  no internal checks (benchmarks)
-  1  O(1) checks on every public call and lock-ownership assertions (default)
+  0  no internal checks (the default; benchmarks).  Bad pointers, double
+     frees and bad arguments are always diagnosed: that is the API, not a check.
+  1  lock-ownership assertions (locks record their owner: slower)
   2  O(n) walks of a structure when it changes state
   3  a full ``check()`` after every slow-path operation (the test suite)
 
@@ -21,15 +22,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .errors import HeapCorruption, InvalidArgumentError
 
-__all__ = ["DEBUG", "LOCK_ORDER", "OwnedLock", "assert_lock_held"]
+__all__ = ["DEBUG", "LOCK_ORDER", "OwnedLock", "assert_lock_held", "new_lock"]
 
 
 def _level() -> int:
-    raw = os.environ.get("REALALLOC_DEBUG", "1")
+    raw = os.environ.get("REALALLOC_DEBUG", "0")
     if raw not in {"0", "1", "2", "3"}:
         raise InvalidArgumentError(f"REALALLOC_DEBUG must be 0, 1, 2 or 3, got {raw!r}")
     return int(raw)
@@ -72,7 +73,19 @@ class OwnedLock:
         return self.owner == threading.get_ident()
 
 
-def assert_lock_held(lock: OwnedLock) -> None:
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Lock: TypeAlias = OwnedLock | threading.Lock
+    """What ``new_lock`` returns."""
+
+
+def new_lock(name: str) -> Lock:
+    """An OwnedLock at debug level 1 and above, else a plain (faster) Lock."""
+    return OwnedLock(name) if DEBUG >= 1 else threading.Lock()
+
+
+def assert_lock_held(lock: Lock) -> None:
     """(L1, O(1)) Raise HeapCorruption unless the calling thread holds ``lock``."""
-    if DEBUG >= 1 and not lock.held():
+    if DEBUG >= 1 and isinstance(lock, OwnedLock) and not lock.held():
         raise HeapCorruption(f"LOCK-1: {lock.name} must be held by the calling thread")

@@ -59,33 +59,30 @@ class MCache:
         """Swap the full span of class ``spc`` for one with a free slot."""
         c, empty = self.c, self.heap.empty_span
         old = c.alloc[spc]
-        if old.nfreed and lib.ra_span_sweep(old) and old.alloc_count < old.nelems:
-            # Frees arrived while we held it: the owner may sweep its own span
-            # (other threads only set free bits), and keeping it skips a trip
-            # through MCentral and, for a span that emptied, MHeap.
+        central = self.heap.central[spc]
+        # Frees arrived while we held it?  The owner may sweep its own span
+        # (other threads only set free bits); with enough room it stays.
+        if old.nfreed and lib.ra_span_sweep(old) >= central.min_room:
             return
         if old != empty:
             c.alloc[spc] = empty  # never keep a span this cache no longer owns
-            self.heap.central[spc].uncache_span(old)
-        c.alloc[spc] = self.heap.central[spc].cache_span()
+            central.uncache_span(old)
+        c.alloc[spc] = central.cache_span()
 
     def flush(self) -> None:
         """Retire the tiny block and give every span back to its MCentral."""
         c, heap = self.c, self.heap
         idx = ffi.new("uint32_t *")
         dead = lib.ra_cache_tiny_retire(c, idx)
-        if (
-            dead != ffi.NULL
-            and lib.ra_span_free_slot(heap.c, dead, idx[0], c) == lib.RA_FREE_EMPTIED
-        ):
-            heap.central[dead.spanclass].span_emptied()
+        if dead != ffi.NULL:
+            lib.ra_span_free_slot(heap.c, dead, idx[0], c)
         empty = heap.empty_span
         for spc in range(NUM_SPAN_CLASSES):
             s = c.alloc[spc]
             if s != empty:
                 c.alloc[spc] = empty
                 heap.central[spc].uncache_span(s)
-        heap.absorb_counts(c)
+        heap.absorb_counts(self)
 
     def cached_ids(self) -> list[int]:
         empty = self.heap.empty_span

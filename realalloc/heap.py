@@ -12,8 +12,8 @@ the slow paths here:
   creates the thread's MCache), and refills;
 * ``_free_slow``: large objects, and every bad pointer, diagnosed into the
   specific error;
-* ``_span_emptied``: a free left an uncached span without objects; its
-  MCentral sweeps and releases it.
+* ``_refill``: the cached span of a class is full; the thread's MCache
+  swaps it (the C method then retries the same kernel).
 
 Objects by size (Go's three kinds)::
 
@@ -145,6 +145,7 @@ class Heap(_fast.HeapBase):
             int(ffi.cast("uintptr_t", c)),
             int(ffi.cast("uintptr_t", ffi.addressof(lib, "ra_arena_l1"))),
         )
+        self.mheap.extra_metadata = self._cache_metadata
         self._scavenger = BackgroundScavenger(self) if background_scavenger else None
 
     def __enter__(self) -> Heap:
@@ -210,14 +211,12 @@ class Heap(_fast.HeapBase):
             return
         out = ffi.new("ra_span **")
         cache = getattr(self._local, "cache", None)
-        rc = lib.ra_cache_free(self.c, addr, cache.c if cache else ffi.NULL, out)
-        if rc == lib.RA_FREE_SLOW:
+        if lib.ra_cache_free(self.c, addr, cache.c if cache else ffi.NULL, out) != lib.RA_FREE_OK:
             raise DoubleFreeError(f"free({addr:#x}): the object was freed by another thread")
-        if rc == lib.RA_FREE_EMPTIED:
-            self.central[out[0].spanclass].span_emptied()
 
-    def _span_emptied(self, span_id: int) -> None:
-        self.central[self.mheap.spans.ptr(span_id).spanclass].span_emptied()
+    def _refill(self, spc: int) -> None:
+        """The fast path missed: the cached span of class ``spc`` is full."""
+        self._local.cache.refill(spc)
 
     # -- the rest of the public API ----------------------------------------
 
@@ -264,17 +263,19 @@ class Heap(_fast.HeapBase):
         """Go's runtime.MemStats for this heap, from counters (no heap walk)."""
         self._check_open()
         n = NUM_SIZE_CLASSES
-        counts = list(self._retired)
-        for cache in list(self._caches):
-            c = cache.c
-            mine = (
-                *ffi.unpack(c.nmalloc, n),
-                *ffi.unpack(c.nfree, n),
-                c.tiny_allocs,
-                c.tiny_pieces,
-                c.tiny_frees,
-            )
-            counts = [a + int(b) for a, b in zip(counts, mine, strict=True)]
+        with self.stats_lock:  # a flushing cache's counts are in one place or the other
+            counts = list(self._retired)
+            caches = list(self._caches)
+            for cache in caches:
+                c = cache.c
+                mine = (
+                    *ffi.unpack(c.nmalloc, n),
+                    *ffi.unpack(c.nfree, n),
+                    c.tiny_allocs,
+                    c.tiny_pieces,
+                    c.tiny_frees,
+                )
+                counts = [a + int(b) for a, b in zip(counts, mine, strict=True)]
         h = self.c
         orphan = ffi.unpack(h.orphan_nfree, n)
         nmalloc = counts[:n]
@@ -288,12 +289,12 @@ class Heap(_fast.HeapBase):
             inuse = self.mheap.inuse_pages * PAGE_SIZE
             manual = self.mheap.manual_pages * PAGE_SIZE
         os_stats = self.mheap.os.stats()
-        caches = len(self._caches) * _MCACHE_BYTES
+        cache_bytes = len(caches) * _MCACHE_BYTES
         live_small = sum(
             (a - f) * size for a, f, size in zip(nmalloc, nfree, CLASS_TO_SIZE, strict=True)
         )
         heap_sys = os_stats.ready - manual
-        metadata = meta.total + caches + _HEAP_BYTES
+        metadata = meta.total + cache_bytes + _HEAP_BYTES
         return MemStats(
             heap_alloc=live_small + large_bytes - large_freed_bytes,
             total_alloc=sum(a * CLASS_TO_SIZE[i] for i, a in enumerate(nmalloc)) + large_bytes,
@@ -313,7 +314,7 @@ class Heap(_fast.HeapBase):
             manual_inuse=manual,
             mspan_inuse=meta.mspan_inuse,
             mspan_sys=meta.mspan_sys,
-            mcache_inuse=caches,
+            mcache_inuse=cache_bytes,
             gc_sys=meta.bitmaps,
             other_sys=meta.arenas + _HEAP_BYTES,
             metadata=metadata,
@@ -350,13 +351,20 @@ class Heap(_fast.HeapBase):
         if nbytes is not None:
             require_int("nbytes", nbytes)
         self._check_open()
+        self.reclaim()
         return self.mheap.scavenge(nbytes)
+
+    def reclaim(self) -> None:
+        """Sweep every class's pending frees and return empty spans to MHeap."""
+        for central in self.central:
+            central.reclaim()
 
     def set_memory_limit(self, nbytes: int | None) -> None:
         """Cap the memory this heap keeps resident (Go: GOMEMLIMIT): mapped and
         not released, plus metadata.  An allocation that would pass it first
         releases free pages; if that is not enough it raises OutOfMemoryError
-        and changes nothing.  None removes the limit."""
+        and no object changes (free pages it released stay released).  None
+        removes the limit."""
         if nbytes is not None:
             require_int("nbytes", nbytes)
         self._check_open()
@@ -364,7 +372,7 @@ class Heap(_fast.HeapBase):
 
     def metadata_bytes(self) -> int:
         """C memory held for allocator metadata (arenas, spans, bitmaps, caches)."""
-        return self.mheap.metadata().total + len(self._caches) * _MCACHE_BYTES + _HEAP_BYTES
+        return self.mheap.metadata().total + self._cache_metadata()
 
     def check(self) -> None:
         """Verify every invariant of every layer; raise HeapCorruption naming it.
@@ -419,17 +427,20 @@ class Heap(_fast.HeapBase):
 
     # -- helpers ----------------------------------------------------------
 
-    def absorb_counts(self, c: Any) -> None:
-        """Keep a flushed cache's counters (merged into statistics later)."""
-        n = NUM_SIZE_CLASSES
-        for i in range(n):
-            self._retired[i] += int(c.nmalloc[i])
-            self._retired[n + i] += int(c.nfree[i])
-            c.nmalloc[i] = c.nfree[i] = 0
-        self._retired[2 * n] += int(c.tiny_allocs)
-        self._retired[2 * n + 1] += int(c.tiny_pieces)
-        self._retired[2 * n + 2] += int(c.tiny_frees)
-        c.tiny_allocs = c.tiny_pieces = c.tiny_frees = 0
+    def absorb_counts(self, cache: MCache) -> None:
+        """Move a flushing cache's counters into the heap's totals; under
+        ``stats_lock``, so ``stats()`` sees them in exactly one place."""
+        c, n, retired = cache.c, NUM_SIZE_CLASSES, self._retired
+        with self.stats_lock:
+            self._caches.discard(cache)
+            for i in range(n):
+                retired[i] += int(c.nmalloc[i])
+                retired[n + i] += int(c.nfree[i])
+                c.nmalloc[i] = c.nfree[i] = 0
+            retired[2 * n] += int(c.tiny_allocs)
+            retired[2 * n + 1] += int(c.tiny_pieces)
+            retired[2 * n + 2] += int(c.tiny_frees)
+            c.tiny_allocs = c.tiny_pieces = c.tiny_frees = 0
 
     def _my_cache(self) -> MCache:
         cache: MCache | None = getattr(self._local, "cache", None)
@@ -439,6 +450,10 @@ class Heap(_fast.HeapBase):
             self._caches.add(cache)
             _fast.set_thread_cache(int(self.c.slot), int(self.c.gen), cache.address)
         return cache
+
+    def _cache_metadata(self) -> int:
+        """Metadata MHeap does not hold: thread caches and the heap record."""
+        return len(self._caches) * _MCACHE_BYTES + _HEAP_BYTES
 
     def _check_open(self) -> None:
         if self.closed:

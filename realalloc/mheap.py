@@ -33,13 +33,14 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import psutil
 
 from . import _debug
-from ._debug import OwnedLock, assert_lock_held
+from ._debug import assert_lock_held, new_lock
 from .arena import ARENAS, PAGES_PER_ARENA, HeapArena
 from .errors import (
     HeapClosedError,
@@ -62,10 +63,17 @@ MAX_PAGES: Final = (1 << 46) >> PAGE_SHIFT
 """Largest request: half of the 47-bit user address space."""
 _PAGE_CACHE_MAX: Final = 16
 """Requests below this many pages use the per-thread page cache (Go: pageCachePages/4)."""
+_SPANS_PER_SLAB: Final = 128
+_TINY_PER_SLAB: Final = 16
+_BITMAP_SLAB_BYTES: Final = 8192
 TINY_SLOTS: Final = PAGE_SIZE // 16
 """Slots of a tiny-class span (one page of 16-byte blocks)."""
 _WORD: Final = (1 << 64) - 1
 _ARENA_META_BYTES: Final[int] = ffi.sizeof("ra_heap_arena")
+_SLAB_SLACK: Final[int] = (
+    ffi.sizeof("ra_span") * _SPANS_PER_SLAB + 4 * TINY_SLOTS * _TINY_PER_SLAB + _BITMAP_SLAB_BYTES
+)
+"""The most metadata one span allocation can add besides arena maps."""
 _ZERO_SPAN: Final = bytes(ffi.sizeof("ra_span"))
 _GROW_LIMIT: Final = psutil.virtual_memory().total
 """One growth step may not exceed physical memory: such a request could never be
@@ -113,13 +121,13 @@ class MHeap:
 
     def __init__(self) -> None:
         self.id = next(_heap_ids)
-        self.lock = OwnedLock("MHeap.lock")
+        self.lock = new_lock("MHeap.lock")
         self.os = OSMem()
         self.pages = PageAlloc(sys_unused=self.os.release)
         self.arenas: list[HeapArena] = []
-        self.spans = FixAlloc("ra_span", 1, 128)  # span records, by id
+        self.spans = FixAlloc("ra_span", 1, _SPANS_PER_SLAB)  # span records, by id
         self._bitmaps: dict[int, FixAlloc] = {}  # by words per bitmap
-        self._tiny_states = FixAlloc("uint32_t", TINY_SLOTS, 16)
+        self._tiny_states = FixAlloc("uint32_t", TINY_SLOTS, _TINY_PER_SLAB)
         self._local = threading.local()
         # Weak: a thread's cache must die (and flush) with the thread.
         self._thread_pages: weakref.WeakSet[_ThreadPages] = weakref.WeakSet()
@@ -127,6 +135,8 @@ class MHeap:
         self.inuse_pages = 0  # pages of IN_USE spans
         self.manual_pages = 0  # pages of MANUAL spans
         self.memory_limit: int | None = None
+        # Metadata held elsewhere (the Heap's thread caches), for the limit.
+        self.extra_metadata: Callable[[], int] = lambda: 0
 
     # -- public entry points (take the lock) ------------------------------
 
@@ -243,7 +253,8 @@ class MHeap:
         """Bytes that may be resident: mapped and not released, plus metadata."""
         assert_lock_held(self.lock)
         os_stats = self.os.stats()
-        return os_stats.ready - os_stats.released + self._metadata_locked().total
+        metadata = self._metadata_locked().total + self.extra_metadata()
+        return os_stats.ready - os_stats.released + metadata
 
     def _admit_locked(self, npages: int) -> None:
         """Enforce the memory limit before ``npages`` pages become resident:
@@ -252,7 +263,10 @@ class MHeap:
         limit = self.memory_limit
         if limit is None:
             return
-        need = npages * PAGE_SIZE
+        # The pages, plus the metadata the request may add: arena maps if the
+        # heap grows, a slab of span records, of bitmaps, of tiny states.
+        narenas = -(-npages // PAGES_PER_ARENA)
+        need = npages * PAGE_SIZE + narenas * _ARENA_META_BYTES + _SLAB_SLACK
         over = self.retained_locked() + need - limit
         if over > 0:
             self.pages.scavenge(over)
@@ -412,7 +426,8 @@ class MHeap:
         nwords = (nelems + 63) // 64
         pool = self._bitmaps.get(nwords)
         if pool is None:
-            pool = self._bitmaps[nwords] = FixAlloc("uint64_t", nwords, max(16, 1024 // nwords))
+            per_slab = max(16, _BITMAP_SLAB_BYTES // (8 * nwords))
+            pool = self._bitmaps[nwords] = FixAlloc("uint64_t", nwords, per_slab)
         c.alloc_bits = pool.ptr(pool.alloc())
         c.free_bits = pool.ptr(pool.alloc())
         ffi.memmove(c.alloc_bits, bytes(8 * nwords), 8 * nwords)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import __version__
-from .errors import InvalidArgumentError, ShimError
+from .errors import InvalidArgumentError, ShimError, require_int
 
 try:
     from ._shim import ffi, lib
@@ -97,7 +97,10 @@ def inject_faults(op: str, nfail: int = 1, every: int = 0) -> None:
 
     ``op`` is "reserve", "commit" or "release".  Process-wide.
     """
-    _call(lib.ra_fault_set(_op(op), nfail, every), "fault_set")
+    code = _op(op)
+    nfail = require_int("nfail", nfail, 0, (1 << 63) - 1)
+    every = require_int("every", every, 0, (1 << 63) - 1)
+    _call(lib.ra_fault_set(code, nfail, every), "fault_set")
 
 
 def fault_hits(op: str) -> int:
@@ -205,8 +208,10 @@ def _faults_from_environment() -> None:
         nfail, _, every = counts.partition(":")
         try:
             inject_faults(op.strip(), int(nfail or 0), int(every or 0))
-        except ValueError as exc:
-            raise InvalidArgumentError(f"bad REALALLOC_FAULTS entry {item!r}: {exc}") from None
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgumentError(
+                f"bad REALALLOC_FAULTS entry {item!r} (want OP=N[:EVERY]): {exc}"
+            ) from None
 
 
 _faults_from_environment()

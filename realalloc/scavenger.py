@@ -58,6 +58,7 @@ class BackgroundScavenger:
                 return
             start = time.perf_counter()
             try:
+                heap.reclaim()  # empty spans back to MHeap first: their pages are free
                 released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
             except (ShimError, HeapClosedError):
                 # The OS refused (or the heap closed meanwhile): the pages stay

@@ -47,12 +47,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from .errors import HeapCorruption
 from .osmem import PAGE_SIZE, ffi, lib
 
 __all__ = ["MSpan", "SpanInfo", "SpanList", "SpanState", "check_span"]
+
+
+_NULL: Final = ffi.NULL
 
 
 class SpanState(IntEnum):
@@ -166,16 +169,20 @@ class SpanList:
 
     def __init__(self, tag: int) -> None:
         self.tag = tag
-        self.first: Any = ffi.NULL
+        self.first: Any = _NULL
         self.count = 0
+
+    # cdata pointers are tested by truth (a NULL pointer is false): much
+    # cheaper than comparing with ffi.NULL on this slow-but-hot path.
 
     def push(self, s: Any) -> None:
         if s.list:
             raise HeapCorruption(f"LIST-1: span {int(s.id)} is already on list {int(s.list)}")
-        s.prev = ffi.NULL
-        s.next = self.first
-        if self.first != ffi.NULL:
-            self.first.prev = s
+        first = self.first
+        s.prev = _NULL
+        s.next = first
+        if first:
+            first.prev = s
         self.first = s
         s.list = self.tag
         self.count += 1
@@ -183,26 +190,27 @@ class SpanList:
     def remove(self, s: Any) -> None:
         if s.list != self.tag:
             raise HeapCorruption(f"LIST-1: span {int(s.id)} is not on list {self.tag}")
-        if s.prev != ffi.NULL:
-            s.prev.next = s.next
+        prev, after = s.prev, s.next
+        if prev:
+            prev.next = after
         else:
-            self.first = s.next
-        if s.next != ffi.NULL:
-            s.next.prev = s.prev
-        s.next = s.prev = ffi.NULL
+            self.first = after
+        if after:
+            after.prev = prev
+        s.next = s.prev = _NULL
         s.list = 0
         self.count -= 1
 
     def pop(self) -> Any:
         """Remove and return the first span, or NULL."""
         s = self.first
-        if s != ffi.NULL:
+        if s:
             self.remove(s)
         return s
 
     def __iter__(self) -> Iterator[Any]:
         s = self.first
-        while s != ffi.NULL:
+        while s:
             yield s
             s = s.next
 

@@ -189,23 +189,27 @@ class StressReport:
 def load_replay(path: str) -> tuple[tuple[int, bool], ...]:
     """Read a replay file: one object per line, ``SIZE`` or ``SIZE scan``;
     blank lines and lines starting with # are skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"cannot read replay file {path}: {exc}") from None
     sizes = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            words = line.split()
-            if not words or words[0].startswith("#"):
-                continue
-            if len(words) > 2 or (len(words) == 2 and words[1] not in ("scan", "noscan")):
-                raise InvalidArgumentError(f"{path}:{number}: expected 'SIZE [scan|noscan]'")
-            try:
-                size = int(words[0])
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"{path}:{number}: size {words[0]!r} is not an integer"
-                ) from None
-            if not 0 <= size <= 1 << 32:
-                raise InvalidArgumentError(f"{path}:{number}: size {size} out of range")
-            sizes.append((size, len(words) == 2 and words[1] == "scan"))
+    for number, line in enumerate(lines, 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[1] not in ("scan", "noscan")):
+            raise InvalidArgumentError(f"{path}:{number}: expected 'SIZE [scan|noscan]'")
+        try:
+            size = int(words[0])
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{path}:{number}: size {words[0]!r} is not an integer"
+            ) from None
+        if not 0 <= size <= 1 << 32:
+            raise InvalidArgumentError(f"{path}:{number}: size {size} out of range")
+        sizes.append((size, len(words) == 2 and words[1] == "scan"))
     if not sizes:
         raise InvalidArgumentError(f"{path}: no sizes")
     return tuple(sizes)
