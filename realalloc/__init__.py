@@ -86,6 +86,14 @@ slot (multiply-shift divide) -> one atomic bit in ``free_bits``.  The slot
 is reusable after the next sweep; a span left with no object goes back to
 MHeap, whose free pages coalesce and can be released to the OS (RSS drops).
 
+Around the allocator
+====================
+stats.py       MemStats (Go's runtime.MemStats fields) from per-thread counters,
+               and MemoryReport (the allocator's view beside RSS/USS, rss.py).
+scavenger.py   the background scavenger: keeps free resident pages within 10%
+               of in-use pages, releasing the rest with MADV_DONTNEED.
+stress.py      ``python -m realalloc stress``: verified multi-threaded churn.
+
 Debugging: ``REALALLOC_DEBUG=0..3`` grades internal checks (realalloc/_debug.py).
 """
 

@@ -147,6 +147,8 @@ class Heap(_fast.HeapBase):
         )
         self.mheap.extra_metadata = self._cache_metadata
         self._scavenger = BackgroundScavenger(self) if background_scavenger else None
+        if self._scavenger is not None:
+            self.mheap.on_grow = self._scavenger.start
 
     def __enter__(self) -> Heap:
         return self

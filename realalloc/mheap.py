@@ -137,6 +137,7 @@ class MHeap:
         self.memory_limit: int | None = None
         # Metadata held elsewhere (the Heap's thread caches), for the limit.
         self.extra_metadata: Callable[[], int] = lambda: 0
+        self.on_grow: Callable[[], None] = lambda: None  # called after each growth
 
     # -- public entry points (take the lock) ------------------------------
 
@@ -392,6 +393,7 @@ class MHeap:
             self.os.abandon(base)
             raise
         self.arenas.extend(added)
+        self.on_grow()
 
     def _new_span_locked(self, base: int, npages: int, state: SpanState, spanclass: int) -> MSpan:
         """A record for ``npages`` pages at ``base``, mapped in its arenas."""

@@ -48,7 +48,12 @@ class BackgroundScavenger:
         self.released = 0  # bytes released so far
         self.failures = 0  # steps the OS refused
         self._thread = threading.Thread(target=self._run, name="realalloc-scavenger", daemon=True)
-        self._thread.start()
+
+    def start(self) -> None:
+        """Start the thread (idempotent).  The heap calls this when it first
+        maps memory, so an unused heap, like the default one, costs no thread."""
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
 
     def _run(self) -> None:
         pause = IDLE_SECONDS
@@ -73,5 +78,5 @@ class BackgroundScavenger:
     def stop(self) -> None:
         """End the thread (waits for a step in progress)."""
         self._stop.set()
-        if self._thread is not threading.current_thread():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join()
