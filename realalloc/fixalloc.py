@@ -5,15 +5,22 @@ See realalloc/__init__.py for an overview of the allocator.
 Span records and their bitmaps live in C memory so that C code can follow
 pointers to them.  Allocating each with its own ``ffi.new`` would cost a
 Python object per record; a ``FixAlloc`` instead carves records of one type
-and length out of slabs and hands out small integer indices::
+and length out of one reserved region and names them by index::
 
-    slab 0: [rec 0][rec 1] ... [rec N-1]     slab 1: [rec N] ...
-             ^ ptr(0)
+    region (reserved once, PROT_NONE until committed)
+    | slab 0: rec 0 .. rec n-1 | pad | slab 1: rec n .. | pad | slab 2 ... (reserved)
+      ^ committed 64 KiB at a time, on demand
+
+Records are handed out from the lowest slab that has a free one, so free
+records gather in the high slabs; ``trim`` gives slabs with no live record
+back to the OS (MADV_DONTNEED: they read as zero, i.e. as fresh records, when
+reused).  Unlike Go's fixalloc, metadata memory thus shrinks with the heap.
+Index <-> pointer is arithmetic on the region, so no table is kept per record.
 
 Invariants:
-  FIX-1: 0 <= index < capacity for every index handed out, and each index is
-         either live or on the free list, never both.
-  FIX-2: a record's memory never moves or is freed while the FixAlloc lives.
+  FIX-1: every index below capacity is live or on exactly one slab's free
+         list; live == sum(live_in[slab]).
+  FIX-2: a slab is released only while no record in it is live.
 
 Locking: caller must hold the lock of the structure that owns the FixAlloc
 (``MHeap.lock`` for spans and bitmaps); FixAlloc has no lock of its own.
@@ -21,65 +28,122 @@ Locking: caller must hold the lock of the structure that owns the FixAlloc
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
-from typing import Any
+import heapq
+from array import array
+from typing import Any, Final
 
-from .osmem import ffi
+from .errors import OutOfMemoryError
+from .osmem import OS_PAGE_SIZE, OSMem, ffi
 
-__all__ = ["FixAlloc"]
+__all__ = ["SLAB_BYTES", "FixAlloc"]
+
+SLAB_BYTES: Final = 64 << 10
+"""Bytes committed at a time (rounded up to hold one record at least)."""
 
 
 class FixAlloc:
-    """Records of ``count`` C ``ctype`` elements each, ``per_slab`` to a slab."""
+    """Records of ``count`` C ``ctype`` elements each, at most ``max_records``."""
 
-    __slots__ = ("_bases", "_free", "_slabs", "count", "ctype", "live", "per_slab", "record_bytes")
+    __slots__ = (
+        "_base",
+        "_free",
+        "_live_in",
+        "_open",
+        "_os",
+        "_released",
+        "_slab_ptrs",
+        "count",
+        "ctype",
+        "live",
+        "max_slabs",
+        "per_slab",
+        "record_bytes",
+        "stride",
+    )
 
-    def __init__(self, ctype: str, count: int = 1, per_slab: int = 128) -> None:
+    def __init__(self, os: OSMem, ctype: str, count: int = 1, max_records: int = 1 << 24) -> None:
+        self._os = os
         self.ctype = ctype
         self.count = count
-        self.per_slab = per_slab
         self.record_bytes: int = ffi.sizeof(ctype) * count
-        self._slabs: list[Any] = []
-        self._bases: list[tuple[int, int]] = []  # (slab address, slab number), sorted
-        self._free: list[int] = []
+        self.per_slab: int = max(1, SLAB_BYTES // self.record_bytes)
+        self.stride: int = -(-self.per_slab * self.record_bytes // OS_PAGE_SIZE) * OS_PAGE_SIZE
+        self.max_slabs: int = -(-max_records // self.per_slab)
+        self._base = 0  # reserved on first use
+        self._slab_ptrs: list[Any] = []  # ``ctype *`` to each committed slab
+        self._free: list[array[int]] = []  # per slab: free record numbers in it
+        self._live_in = array("I")  # per slab: live records
+        self._released = bytearray()  # per slab: 1 while given back to the OS
+        self._open: list[int] = []  # min-heap of slabs that may have free records
         self.live = 0
 
     def alloc(self) -> int:
-        """A record's index.  Its memory is zeroed when first handed out only:
-        the caller initialises every field it uses."""
-        if not self._free:
-            slab = ffi.new(f"{self.ctype}[]", self.count * self.per_slab)
-            start = len(self._slabs) * self.per_slab
-            self._slabs.append(slab)
-            insort(self._bases, (int(ffi.cast("uintptr_t", slab)), len(self._slabs) - 1))
-            self._free.extend(range(start + self.per_slab - 1, start - 1, -1))
+        """A record's index.  Its memory is zero when fresh or after ``trim``,
+        else holds the last user's data: the caller initialises every field."""
+        open_ = self._open
+        while open_ and not self._free[open_[0]]:
+            heapq.heappop(open_)
+        if not open_:
+            self._grow()
+        slab = open_[0]
+        i = self._free[slab].pop()
+        self._live_in[slab] += 1
+        self._released[slab] = 0
         self.live += 1
-        return self._free.pop()
+        return slab * self.per_slab + i
 
     def free(self, index: int) -> None:
+        slab, i = divmod(index, self.per_slab)
+        free = self._free[slab]
+        if not free:
+            heapq.heappush(self._open, slab)
+        free.append(i)
+        self._live_in[slab] -= 1
         self.live -= 1
-        self._free.append(index)
 
     def ptr(self, index: int) -> Any:
         """Pointer to record ``index`` (a ``ctype *``)."""
         slab, i = divmod(index, self.per_slab)
-        return self._slabs[slab] + i * self.count
+        return self._slab_ptrs[slab] + i * self.count
 
     def index_of(self, ptr: Any) -> int:
         """Inverse of ``ptr``."""
-        addr = int(ffi.cast("uintptr_t", ptr))
-        base, slab = self._bases[bisect_right(self._bases, (addr, len(self._slabs))) - 1]
-        return slab * self.per_slab + (addr - base) // self.record_bytes
+        slab, offset = divmod(int(ffi.cast("uintptr_t", ptr)) - self._base, self.stride)
+        return slab * self.per_slab + offset // self.record_bytes
 
-    @property
-    def slab_bytes(self) -> int:
-        return self.record_bytes * self.per_slab
+    def trim(self, *, everything: bool = False) -> int:
+        """Give every slab with no live record (``everything``: every slab, when
+        the owner closes) back to the OS; returns the bytes released."""
+        released = 0
+        for slab, live in enumerate(self._live_in):
+            if (everything or not live) and not self._released[slab]:
+                self._os.release(self._base + slab * self.stride, self.stride)
+                self._released[slab] = 1
+                released += self.stride
+        return released
+
+    def _grow(self) -> None:
+        slab = len(self._slab_ptrs)
+        if slab == self.max_slabs:
+            raise OutOfMemoryError(
+                f"more than {self.max_slabs * self.per_slab} {self.ctype} records"
+            )
+        if not self._base:
+            self._base = self._os.reserve(self.max_slabs * self.stride, OS_PAGE_SIZE)
+        addr = self._base + slab * self.stride
+        self._os.commit(self._base, (addr, self.stride))
+        self._slab_ptrs.append(ffi.cast(f"{self.ctype} *", addr))
+        self._free.append(array("I", range(self.per_slab - 1, -1, -1)))
+        self._live_in.append(0)
+        self._released.append(0)
+        heapq.heappush(self._open, slab)
 
     @property
     def capacity(self) -> int:
-        return len(self._slabs) * self.per_slab
+        """Records in committed slabs (live or free)."""
+        return len(self._slab_ptrs) * self.per_slab
 
     @property
     def nbytes(self) -> int:
-        """C memory held by the slabs."""
-        return len(self._slabs) * self.slab_bytes
+        """Bytes of committed slabs not given back to the OS."""
+        return (len(self._slab_ptrs) - sum(self._released)) * self.stride

@@ -49,7 +49,7 @@ from .errors import (
     OutOfMemoryError,
     require_int,
 )
-from .fixalloc import FixAlloc
+from .fixalloc import SLAB_BYTES, FixAlloc
 from .osmem import ARENA_BYTES, PAGE_SIZE, OSMem, ffi, lib
 from .pagealloc import PageAlloc
 from .pagecache import PageCache
@@ -63,17 +63,13 @@ MAX_PAGES: Final = (1 << 46) >> PAGE_SHIFT
 """Largest request: half of the 47-bit user address space."""
 _PAGE_CACHE_MAX: Final = 16
 """Requests below this many pages use the per-thread page cache (Go: pageCachePages/4)."""
-_SPANS_PER_SLAB: Final = 128
-_TINY_PER_SLAB: Final = 16
-_BITMAP_SLAB_BYTES: Final = 8192
 TINY_SLOTS: Final = PAGE_SIZE // 16
 """Slots of a tiny-class span (one page of 16-byte blocks)."""
 _WORD: Final = (1 << 64) - 1
 _ARENA_META_BYTES: Final[int] = ffi.sizeof("ra_heap_arena")
-_SLAB_SLACK: Final[int] = (
-    ffi.sizeof("ra_span") * _SPANS_PER_SLAB + 4 * TINY_SLOTS * _TINY_PER_SLAB + _BITMAP_SLAB_BYTES
-)
-"""The most metadata one span allocation can add besides arena maps."""
+_SLAB_SLACK: Final[int] = 4 * (SLAB_BYTES + 4 * TINY_SLOTS)
+"""The most metadata one span allocation can add besides arena maps: a slab
+each of span records, alloc bits, free bits and tiny states."""
 _ZERO_SPAN: Final = bytes(ffi.sizeof("ra_span"))
 _GROW_LIMIT: Final = psutil.virtual_memory().total
 """One growth step may not exceed physical memory: such a request could never be
@@ -125,9 +121,11 @@ class MHeap:
         self.os = OSMem()
         self.pages = PageAlloc(sys_unused=self.os.release)
         self.arenas: list[HeapArena] = []
-        self.spans = FixAlloc("ra_span", 1, _SPANS_PER_SLAB)  # span records, by id
+        self.meta_os = OSMem()  # metadata mappings, kept apart from the arenas' accounting
+        weakref.finalize(self, self.meta_os.unmap_all)
+        self.spans = FixAlloc(self.meta_os, "ra_span")  # span records, by id
         self._bitmaps: dict[int, FixAlloc] = {}  # by words per bitmap
-        self._tiny_states = FixAlloc("uint32_t", TINY_SLOTS, _TINY_PER_SLAB)
+        self._tiny_states = FixAlloc(self.meta_os, "uint32_t", TINY_SLOTS, 1 << 20)
         self._local = threading.local()
         # Weak: a thread's cache must die (and flush) with the thread.
         self._thread_pages: weakref.WeakSet[_ThreadPages] = weakref.WeakSet()
@@ -210,7 +208,15 @@ class MHeap:
         with self.lock:
             self._check_open()
             limit = self.pages.npages_total * PAGE_SIZE if nbytes is None else nbytes
-            return self.pages.scavenge(require_int("nbytes", limit))
+            released = self.pages.scavenge(require_int("nbytes", limit))
+            if nbytes is None:
+                self._trim_metadata_locked()
+            return released
+
+    def _trim_metadata_locked(self, *, everything: bool = False) -> int:
+        """Give unused metadata slabs back to the OS; returns the bytes."""
+        pools = [self.spans, self._tiny_states, *self._bitmaps.values()]
+        return sum(pool.trim(everything=everything) for pool in pools)
 
     def close(self) -> None:
         """Unmap every arena.  Idempotent; later calls raise HeapClosedError."""
@@ -223,6 +229,9 @@ class MHeap:
             self.arenas.clear()
             self._thread_pages.clear()
             self.os.unmap_all()
+            # Metadata pages go back to the OS now; the address space is unmapped
+            # when the MHeap is collected, so a stale MSpan handle reads zeros.
+            self._trim_metadata_locked(everything=True)
 
     def live_spans(self) -> list[MSpan]:
         """Every span in use, in id order (a snapshot)."""
@@ -428,8 +437,7 @@ class MHeap:
         nwords = (nelems + 63) // 64
         pool = self._bitmaps.get(nwords)
         if pool is None:
-            per_slab = max(16, _BITMAP_SLAB_BYTES // (8 * nwords))
-            pool = self._bitmaps[nwords] = FixAlloc("uint64_t", nwords, per_slab)
+            pool = self._bitmaps[nwords] = FixAlloc(self.meta_os, "uint64_t", nwords)
         c.alloc_bits = pool.ptr(pool.alloc())
         c.free_bits = pool.ptr(pool.alloc())
         ffi.memmove(c.alloc_bits, bytes(8 * nwords), 8 * nwords)

@@ -155,13 +155,15 @@ class OSMem:
             self._regions[base] = (nbytes, False)
         return base
 
-    def commit(self, base: int) -> None:
-        """Reserved -> Ready for the whole region at ``base``."""
+    def commit(self, base: int, part: tuple[int, int] | None = None) -> None:
+        """Reserved -> Ready for the region at ``base``, or for the ``(addr,
+        nbytes)`` part of it.  Fresh pages count as released until touched."""
         nbytes, _ = self._regions[base]
-        _call(lib.ra_commit(base, nbytes), "commit")
+        addr, size = part if part is not None else (base, nbytes)
+        _call(lib.ra_commit(addr, size), "commit")
         with self.lock:
-            self.ready += nbytes
-            self.released += nbytes
+            self.ready += size
+            self.released += size
             self._regions[base] = (nbytes, True)
 
     def release(self, addr: int, nbytes: int) -> None:

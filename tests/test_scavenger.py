@@ -215,13 +215,14 @@ def test_background_scavenger_returns_free_pages_and_stops_with_the_heap():
     baseline = settled_rss()
     heap = realalloc.Heap(background_scavenger=True)
     try:
+        assert scavenger_threads() == before  # no thread until the heap maps memory
+        size = 4 * MIB
+        keep = heap.malloc(16 * MIB)
         mine = scavenger_threads() - before
         assert len(mine) == 1
         (thread,) = mine
         assert thread.daemon
 
-        size = 4 * MIB
-        keep = heap.malloc(16 * MIB)
         touch(keep, 16 * MIB, 0x11)
         addrs = [heap.malloc(size) for _ in range(64)]  # 256 MiB
         for a in addrs:
@@ -279,8 +280,8 @@ def test_no_scavenger_thread_when_disabled():
 def test_scavenger_thread_ends_when_the_heap_is_dropped():
     before = scavenger_threads()
     h = realalloc.Heap(background_scavenger=True)
+    h.malloc(100)  # the first mapping starts the thread
     (thread,) = scavenger_threads() - before
-    h.malloc(100)
     del h
     gc.collect()
     thread.join(timeout=5)
