@@ -179,6 +179,10 @@ static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     Py_ssize_t size;
     static char *kwlist[] = {"heap", "address", "size", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn", kwlist, &heap, &addr, &size)) return NULL;
+    /* The heap vouches for the memory: a live object with room for size bytes. */
+    PyObject *usable = PyObject_CallMethod(heap, "_check_buffer", "Kn", addr, size);
+    if (!usable) return NULL;
+    Py_DECREF(usable);
     Buffer *self = (Buffer *)type->tp_alloc(type, 0);
     if (!self) return NULL;
     Py_INCREF(heap);
@@ -279,7 +283,7 @@ static void buffer_dealloc(Buffer *self) {
         /* Garbage collected while allocated: give the memory back. */
         PyObject *r = call_with_int(self->heap, str_free, self->addr);
         if (r) Py_DECREF(r);
-        else PyErr_WriteUnraisable((PyObject *)self);
+        else PyErr_WriteUnraisable(self->heap); /* not self: its refcount is 0 */
     }
     Py_XDECREF(self->heap);
     Py_TYPE(self)->tp_free((PyObject *)self);

@@ -75,6 +75,15 @@ int ra_reserve(size_t size, size_t align, uintptr_t *out) {
     return 0;
 }
 
+int ra_map(size_t size, uintptr_t *out) {
+    if (bad_range(0, size)) return EINVAL;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return errno;
+    *out = (uintptr_t)p;
+    return 0;
+}
+
 int ra_commit(uintptr_t addr, size_t size) {
     if (bad_range(addr, size)) return EINVAL;
     if (fault_fires(RA_OP_COMMIT)) return ENOMEM;

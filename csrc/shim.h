@@ -24,7 +24,8 @@
  * sizes are positive multiples of the OS page.  Violations return EINVAL.
  *
  * Fault injection: ra_fault_set(op, nfail, every) makes the next `nfail`
- * calls of `op` fail with ENOMEM without touching the kernel, and after that
+ * calls of `op` (reserve, commit and release: the heap arenas' calls; ra_map
+ * for metadata is not covered) fail with ENOMEM without touching the kernel, and after that
  * every `every`-th call (0 = never).  Tests use it to prove that a failed OS
  * call leaves nothing half-built.  ra_fault_hits(op) counts injected failures.
  */
@@ -85,7 +86,7 @@ typedef struct ra_span {
     struct ra_span *next_dirty; /* [atomic] link in the heap's per-class dirty stack */
     uint32_t free_index;   /* [owner] every slot below it is allocated */
     uint32_t nelems;       /* objects in the span (1 for large and manual spans) */
-    uint32_t elemsize;     /* bytes per object (npages * 8 KiB for large/manual) */
+    uint32_t elemsize;     /* bytes per object; 0 for large and manual spans (one object of npages) */
     uint32_t div_magic;    /* (offset * div_magic) >> 32 == offset / elemsize */
     uint32_t alloc_count;  /* [owner] objects allocated, counting pending frees */
     uint32_t npages;       /* pages in the span */
@@ -151,6 +152,11 @@ const char *ra_shim_version(void);
 /* None -> Reserved.  Reserve `size` bytes aligned to `align` (a power of two
  * >= 4096).  On success *out is the base.  Returns 0 or an errno value. */
 int ra_reserve(size_t size, size_t align, uintptr_t *out);
+
+/* None -> Ready in one step: `size` bytes readable and writable, pages made
+ * on first touch (MAP_NORESERVE).  For the allocator's own metadata; not
+ * subject to fault injection.  Returns 0 or an errno value. */
+int ra_map(size_t size, uintptr_t *out);
 
 /* Reserved -> Ready for [addr, addr+size). Returns 0 or an errno value. */
 int ra_commit(uintptr_t addr, size_t size);

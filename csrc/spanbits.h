@@ -113,7 +113,7 @@ static inline ra_span *ra_small_span_of(ra_heap *h, ra_heap_arena **const *l1, u
     ra_heap_arena *a = RA_LOAD(&l2[n & ((1u << RA_ARENA_L2_BITS) - 1)]);
     if (!a || a->heap_id != h->id) return NULL;
     ra_span *s = RA_LOAD(&a->spans[(addr - a->base) >> RA_PAGE_SHIFT]);
-    if (!s || s->state != RA_SPAN_IN_USE || s->spanclass < 2) return NULL;
+    if (!s || s->state != RA_SPAN_IN_USE || s->spanclass < 2 || !s->alloc_bits) return NULL;
     return s;
 }
 

@@ -7,9 +7,9 @@ pointers to them.  Allocating each with its own ``ffi.new`` would cost a
 Python object per record; a ``FixAlloc`` instead carves records of one type
 and length out of one reserved region and names them by index::
 
-    region (reserved once, PROT_NONE until committed)
-    | slab 0: rec 0 .. rec n-1 | pad | slab 1: rec n .. | pad | slab 2 ... (reserved)
-      ^ committed 64 KiB at a time, on demand
+    region (mapped once, MAP_NORESERVE: a page costs memory when first touched)
+    | slab 0: rec 0 .. rec n-1 | pad | slab 1: rec n .. | pad | slab 2 ... (untouched)
+      ^ 64 KiB each, handed out in order
 
 Records are handed out from the lowest slab that has a free one, so free
 records gather in the high slabs; ``trim`` gives slabs with no live record
@@ -38,7 +38,7 @@ from .osmem import OS_PAGE_SIZE, OSMem, ffi
 __all__ = ["SLAB_BYTES", "FixAlloc"]
 
 SLAB_BYTES: Final = 64 << 10
-"""Bytes committed at a time (rounded up to hold one record at least)."""
+"""Bytes per slab, the unit ``trim`` gives back (at least one record)."""
 
 
 class FixAlloc:
@@ -111,12 +111,11 @@ class FixAlloc:
         slab, offset = divmod(int(ffi.cast("uintptr_t", ptr)) - self._base, self.stride)
         return slab * self.per_slab + offset // self.record_bytes
 
-    def trim(self, *, everything: bool = False) -> int:
-        """Give every slab with no live record (``everything``: every slab, when
-        the owner closes) back to the OS; returns the bytes released."""
+    def trim(self) -> int:
+        """Give every slab with no live record back to the OS; returns bytes."""
         released = 0
         for slab, live in enumerate(self._live_in):
-            if (everything or not live) and not self._released[slab]:
+            if not live and not self._released[slab]:
                 self._os.release(self._base + slab * self.stride, self.stride)
                 self._released[slab] = 1
                 released += self.stride
@@ -129,10 +128,8 @@ class FixAlloc:
                 f"more than {self.max_slabs * self.per_slab} {self.ctype} records"
             )
         if not self._base:
-            self._base = self._os.reserve(self.max_slabs * self.stride, OS_PAGE_SIZE)
-        addr = self._base + slab * self.stride
-        self._os.commit(self._base, (addr, self.stride))
-        self._slab_ptrs.append(ffi.cast(f"{self.ctype} *", addr))
+            self._base = self._os.map(self.max_slabs * self.stride)
+        self._slab_ptrs.append(ffi.cast(f"{self.ctype} *", self._base + slab * self.stride))
         self._free.append(array("I", range(self.per_slab - 1, -1, -1)))
         self._live_in.append(0)
         self._released.append(0)

@@ -114,6 +114,10 @@ class Heap(_fast.HeapBase):
     """
 
     def __init__(self, *, background_scavenger: bool = True) -> None:
+        if not isinstance(background_scavenger, bool):
+            raise ArgumentTypeError(
+                f"background_scavenger must be a bool, not {type(background_scavenger).__name__}"
+            )
         with _slots_lock:
             if not _free_slots:
                 raise OutOfMemoryError(f"more than {lib.RA_MAX_HEAPS} heaps are open at once")
@@ -199,10 +203,10 @@ class Heap(_fast.HeapBase):
         span = obj.span
         if span.c.spanclass < 2:
             try:
-                self.mheap.free_span(span, SpanState.IN_USE, base=addr)
+                npages = self.mheap.free_span(span, SpanState.IN_USE, base=addr)
                 with self.stats_lock:
                     self._large[2] += 1
-                    self._large[3] += span.nbytes
+                    self._large[3] += npages * PAGE_SIZE
                     self._freed_large[addr] = None
                     if len(self._freed_large) > _FREED_LARGE_MEMORY:
                         del self._freed_large[next(iter(self._freed_large))]
@@ -253,6 +257,15 @@ class Heap(_fast.HeapBase):
         buf = Buffer(self, self.malloc(size, scan=scan, zero=zero), size)
         self._buffers.add(buf)
         return buf
+
+    def _check_buffer(self, addr: int, size: int) -> None:
+        """Buffer(heap, address, size) asks this: is there a live object at
+        ``addr`` with room for ``size`` bytes?"""
+        usable = self.usable_size(addr)
+        if not 0 <= size <= usable:
+            raise InvalidArgumentError(
+                f"Buffer of {size} bytes at {addr:#x}: the object there has {usable} usable bytes"
+            )
 
     def span_of(self, addr: int) -> SpanInfo | None:
         """The span holding ``addr``, or None when it is not in a live span."""
@@ -466,13 +479,17 @@ class Heap(_fast.HeapBase):
         if type(addr) is not int:
             raise ArgumentTypeError(f"{op}: address must be an int, not {type(addr).__name__}")
         self._check_open()
+        with self.mheap.lock:  # no span changes hands while we look at it
+            return self._locate_locked(addr, op)
+
+    def _locate_locked(self, addr: int, op: str) -> _Object:
         arena = ARENAS.lookup(addr)
         where = f"{op}({addr:#x})"
         if arena is None:
             raise ForeignPointerError(f"{where}: not an address of this heap")
         if arena.heap_id != self.mheap.id:
             raise ForeignPointerError(f"{where}: the address belongs to another heap")
-        span = self.mheap.span_of(addr)
+        span = self.mheap.span_of_locked(addr)
         if span is None:
             if addr in self._freed_large:
                 raise DoubleFreeError(f"{where}: the large object was already freed")
@@ -518,7 +535,7 @@ class Heap(_fast.HeapBase):
         c = obj.span.c
         if obj.piece >= 0:
             return _tiny_extent(int(c.tiny_state[obj.slot]), obj.piece)
-        return int(c.elemsize)
+        return int(c.elemsize) or obj.span.nbytes  # 0: a large object, its pages
 
     def _check_tiny(self, cache: MCache) -> None:
         c = cache.c

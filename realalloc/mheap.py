@@ -77,6 +77,18 @@ backed, and its arenas' metadata alone would cost 0.1% of it."""
 _heap_ids = itertools.count(1)
 
 
+def _growth_bytes(npages: int) -> int:
+    """Bytes of whole arenas that hold ``npages`` pages; OutOfMemoryError when
+    that is more than the machine's physical memory."""
+    nbytes = -(-npages // PAGES_PER_ARENA) * ARENA_BYTES
+    if nbytes > _GROW_LIMIT:
+        raise OutOfMemoryError(
+            f"cannot grow the heap by {npages} pages ({nbytes:#x} bytes): more than the "
+            f"machine's {_GROW_LIMIT:#x} bytes of physical memory"
+        )
+    return nbytes
+
+
 @dataclass(frozen=True, slots=True)
 class HeapMetadata:
     """C memory MHeap holds for metadata, in bytes."""
@@ -122,7 +134,6 @@ class MHeap:
         self.pages = PageAlloc(sys_unused=self.os.release)
         self.arenas: list[HeapArena] = []
         self.meta_os = OSMem()  # metadata mappings, kept apart from the arenas' accounting
-        weakref.finalize(self, self.meta_os.unmap_all)
         self.spans = FixAlloc(self.meta_os, "ra_span")  # span records, by id
         self._bitmaps: dict[int, FixAlloc] = {}  # by words per bitmap
         self._tiny_states = FixAlloc(self.meta_os, "uint32_t", TINY_SLOTS, 1 << 20)
@@ -150,16 +161,19 @@ class MHeap:
 
     def free_span(
         self, span: MSpan, state: SpanState = SpanState.IN_USE, base: int | None = None
-    ) -> None:
-        """Return a span's pages.  It must be live, in ``state`` and, when
-        ``base`` is given, still start there (checked under the lock, so two
-        racing frees of one large object cannot both succeed)."""
+    ) -> int:
+        """Return a span's pages; returns how many.  It must be live, in
+        ``state`` and, when ``base`` is given, still start there (checked under
+        the lock, so two racing frees of one large object cannot both succeed;
+        the record may be reused the moment the lock is dropped)."""
         with self.lock:
             self._check_open()
             c = span.c
             if c.state != state or (base is not None and c.base != base):
                 raise InvalidArgumentError(f"{span!r} is not a live {state.name} span")
+            npages = int(c.npages)
             self.free_span_locked(span)
+            return npages
 
     def alloc_span(
         self, npages: int, state: SpanState, spanclass: int = 0, *, zero: bool = True
@@ -170,6 +184,7 @@ class MHeap:
         pages are never cleared here: ``needzero`` records whether they might
         hold old data.  Other spans are cleared when ``zero`` asks for it.
         """
+        _growth_bytes(npages)  # a span the machine could never back fails first
         if self.memory_limit is not None:
             with self.lock:
                 self._check_open()
@@ -181,9 +196,21 @@ class MHeap:
             base, scav = local.cache.alloc(npages)  # this thread's cache: no lock
         with self.lock:
             self._check_open()
+            # Metadata first, then pages: whichever fails, nothing is left half-built.
+            try:
+                c = self._new_record_locked(npages, spanclass)
+            except BaseException:
+                if base:  # pages from this thread's cache: back to the page allocator
+                    self.os.reused(scav)
+                    self.pages.free(base, npages)
+                raise
             if base == 0:
-                base, scav = self._alloc_pages_locked(npages, local)
-            span = self._new_span_locked(base, npages, state, spanclass)
+                try:
+                    base, scav = self._alloc_pages_locked(npages, local)
+                except BaseException:
+                    self._release_record_locked(c)
+                    raise
+            span = self._place_record_locked(c, base, state)
             self.os.reused(scav)
             if _debug.DEBUG >= 3:  # (L3, O(heap)) the page allocator after every change
                 self.pages.check()
@@ -196,6 +223,11 @@ class MHeap:
 
     def span_of(self, addr: int) -> MSpan | None:
         """The live span holding ``addr``, or None; O(1) (Go: spanOf)."""
+        with self.lock:
+            return self.span_of_locked(addr)
+
+    def span_of_locked(self, addr: int) -> MSpan | None:
+        """span_of for a caller that holds ``MHeap.lock``."""
         arena = ARENAS.lookup(addr)
         if arena is None or arena.heap_id != self.id:
             return None
@@ -213,10 +245,10 @@ class MHeap:
                 self._trim_metadata_locked()
             return released
 
-    def _trim_metadata_locked(self, *, everything: bool = False) -> int:
+    def _trim_metadata_locked(self) -> int:
         """Give unused metadata slabs back to the OS; returns the bytes."""
         pools = [self.spans, self._tiny_states, *self._bitmaps.values()]
-        return sum(pool.trim(everything=everything) for pool in pools)
+        return sum(pool.trim() for pool in pools)
 
     def close(self) -> None:
         """Unmap every arena.  Idempotent; later calls raise HeapClosedError."""
@@ -229,9 +261,7 @@ class MHeap:
             self.arenas.clear()
             self._thread_pages.clear()
             self.os.unmap_all()
-            # Metadata pages go back to the OS now; the address space is unmapped
-            # when the MHeap is collected, so a stale MSpan handle reads zeros.
-            self._trim_metadata_locked(everything=True)
+            self.meta_os.unmap_all()  # span records too: MSpan handles die with the heap
 
     def live_spans(self) -> list[MSpan]:
         """Every span in use, in id order (a snapshot)."""
@@ -379,13 +409,8 @@ class MHeap:
     def grow_locked(self, npages: int) -> None:
         """Add enough whole arenas for ``npages`` pages (Go: mheap.grow)."""
         assert_lock_held(self.lock)
-        narenas = -(-npages // PAGES_PER_ARENA)
-        nbytes = narenas * ARENA_BYTES
-        if nbytes > _GROW_LIMIT:
-            raise OutOfMemoryError(
-                f"cannot grow the heap by {npages} pages ({nbytes:#x} bytes): more than the "
-                f"machine's {_GROW_LIMIT:#x} bytes of physical memory"
-            )
+        nbytes = _growth_bytes(npages)
+        narenas = nbytes // ARENA_BYTES
         base = self.os.reserve(nbytes, ARENA_BYTES)
         added: list[HeapArena] = []
         try:
@@ -404,50 +429,69 @@ class MHeap:
         self.arenas.extend(added)
         self.on_grow()
 
-    def _new_span_locked(self, base: int, npages: int, state: SpanState, spanclass: int) -> MSpan:
-        """A record for ``npages`` pages at ``base``, mapped in its arenas."""
+    def _new_record_locked(self, npages: int, spanclass: int) -> Any:
+        """A zeroed span record for ``npages`` pages of ``spanclass`` with its
+        bitmaps; raises (having allocated nothing) when metadata cannot grow."""
         assert_lock_held(self.lock)
         span_id = self.spans.alloc()
         c = self.spans.ptr(span_id)
         ffi.memmove(c, _ZERO_SPAN, len(_ZERO_SPAN))
         c.id = span_id
-        c.base = base
         c.npages = npages
-        c.state = state
-        if state == SpanState.IN_USE:
-            self.inuse_pages += npages
-        else:
-            self.manual_pages += npages
         c.spanclass = spanclass
         sizeclass = spanclass >> 1
-        if sizeclass:
-            self._init_objects_locked(c, sizeclass)
-        else:  # one object: the whole span
-            c.elemsize = npages * PAGE_SIZE
+        if not sizeclass:  # one object, the whole span (elemsize 0: it may pass 4 GiB)
             c.nelems = c.alloc_count = 1
+            return c
+        c.elemsize = CLASS_TO_SIZE[sizeclass]
+        c.nelems = nelems = npages * PAGE_SIZE // CLASS_TO_SIZE[sizeclass]
+        c.div_magic = CLASS_TO_DIVMAGIC[sizeclass]
+        try:
+            nwords = (nelems + 63) // 64
+            pool = self._bitmaps.get(nwords)
+            if pool is None:
+                pool = self._bitmaps[nwords] = FixAlloc(self.meta_os, "uint64_t", nwords)
+            c.alloc_bits = pool.ptr(pool.alloc())
+            c.free_bits = pool.ptr(pool.alloc())
+            if spanclass == lib.RA_TINY_SPAN_CLASS:
+                c.tiny_state = self._tiny_states.ptr(self._tiny_states.alloc())
+                ffi.memmove(c.tiny_state, bytes(4 * TINY_SLOTS), 4 * TINY_SLOTS)
+        except BaseException:
+            self._release_record_locked(c)
+            raise
+        # Every slot free (Go: initSpan); padding bits set so they never are.
+        ffi.memmove(c.alloc_bits, bytes(8 * nwords), 8 * nwords)
+        ffi.memmove(c.free_bits, bytes(8 * nwords), 8 * nwords)
+        if nelems % 64:
+            c.alloc_bits[nwords - 1] = _WORD ^ ((1 << (nelems % 64)) - 1)
+        c.alloc_cache = ~int(c.alloc_bits[0]) & _WORD
+        return c
+
+    def _place_record_locked(self, c: Any, base: int, state: SpanState) -> MSpan:
+        """Make record ``c`` a live span at ``base``, mapped in its arenas."""
+        c.base = base
+        c.state = state
+        if state == SpanState.IN_USE:
+            self.inuse_pages += int(c.npages)
+        else:
+            self.manual_pages += int(c.npages)
         span = MSpan(c)
         self._map_span_locked(span, c)
         return span
 
-    def _init_objects_locked(self, c: Any, sizeclass: int) -> None:
-        """Cut a fresh span into objects: every slot free (Go: initSpan)."""
-        c.elemsize = CLASS_TO_SIZE[sizeclass]
-        c.nelems = nelems = int(c.npages) * PAGE_SIZE // CLASS_TO_SIZE[sizeclass]
-        c.div_magic = CLASS_TO_DIVMAGIC[sizeclass]
-        nwords = (nelems + 63) // 64
-        pool = self._bitmaps.get(nwords)
-        if pool is None:
-            pool = self._bitmaps[nwords] = FixAlloc(self.meta_os, "uint64_t", nwords)
-        c.alloc_bits = pool.ptr(pool.alloc())
-        c.free_bits = pool.ptr(pool.alloc())
-        ffi.memmove(c.alloc_bits, bytes(8 * nwords), 8 * nwords)
-        ffi.memmove(c.free_bits, bytes(8 * nwords), 8 * nwords)
-        if nelems % 64:
-            c.alloc_bits[nwords - 1] = _WORD ^ ((1 << (nelems % 64)) - 1)  # padding: never free
-        c.alloc_cache = ~int(c.alloc_bits[0]) & _WORD
-        if c.spanclass == lib.RA_TINY_SPAN_CLASS:
-            c.tiny_state = self._tiny_states.ptr(self._tiny_states.alloc())
-            ffi.memmove(c.tiny_state, bytes(4 * TINY_SLOTS), 4 * TINY_SLOTS)
+    def _release_record_locked(self, c: Any) -> None:
+        """Give back a record and whatever bitmaps it holds."""
+        if c.alloc_bits:
+            pool = self._bitmaps[(int(c.nelems) + 63) // 64]
+            pool.free(pool.index_of(c.alloc_bits))
+            if c.free_bits:
+                pool.free(pool.index_of(c.free_bits))
+        if c.tiny_state:
+            self._tiny_states.free(self._tiny_states.index_of(c.tiny_state))
+        # The bitmap pointers stay: a racing lock-free reader (a double free in
+        # flight) then reads zeroed or reused bits, never a NULL pointer.
+        c.state = SpanState.FREE
+        self.spans.free(int(c.id))
 
     def _map_span_locked(self, span: MSpan, target: object) -> None:
         """Point the span's pages at ``target`` (the span or NULL), arena by arena."""
@@ -475,14 +519,7 @@ class MHeap:
             self.inuse_pages -= span.npages
         else:
             self.manual_pages -= span.npages
-        if c.alloc_bits != ffi.NULL:
-            pool = self._bitmaps[(int(c.nelems) + 63) // 64]
-            pool.free(pool.index_of(c.alloc_bits))
-            pool.free(pool.index_of(c.free_bits))
-        if c.tiny_state != ffi.NULL:
-            self._tiny_states.free(self._tiny_states.index_of(c.tiny_state))
-        c.state = SpanState.FREE
-        self.spans.free(span.id)
+        self._release_record_locked(c)
         if _debug.DEBUG >= 3:  # (L3, O(heap))
             self.pages.check()
 

@@ -155,16 +155,26 @@ class OSMem:
             self._regions[base] = (nbytes, False)
         return base
 
-    def commit(self, base: int, part: tuple[int, int] | None = None) -> None:
-        """Reserved -> Ready for the region at ``base``, or for the ``(addr,
-        nbytes)`` part of it.  Fresh pages count as released until touched."""
+    def commit(self, base: int) -> None:
+        """Reserved -> Ready for the whole region at ``base``."""
         nbytes, _ = self._regions[base]
-        addr, size = part if part is not None else (base, nbytes)
-        _call(lib.ra_commit(addr, size), "commit")
+        _call(lib.ra_commit(base, nbytes), "commit")
         with self.lock:
-            self.ready += size
-            self.released += size
+            self.ready += nbytes
+            self.released += nbytes
             self._regions[base] = (nbytes, True)
+
+    def map(self, nbytes: int) -> int:
+        """None -> Ready: ``nbytes`` for metadata, outside fault injection."""
+        out = ffi.new("uintptr_t *")
+        _call(lib.ra_map(nbytes, out), "map")
+        base = int(out[0])
+        with self.lock:
+            self.reserved += nbytes
+            self.ready += nbytes
+            self.released += nbytes
+            self._regions[base] = (nbytes, True)
+        return base
 
     def release(self, addr: int, nbytes: int) -> None:
         """Ready -> Ready, not resident (madvise DONTNEED): RSS drops now."""
@@ -206,10 +216,12 @@ def _faults_from_environment() -> None:
     """REALALLOC_FAULTS="reserve=N,commit=N:EVERY,..." arms fault injection at import."""
     spec = os.environ.get("REALALLOC_FAULTS", "").strip()
     for item in filter(None, (part.strip() for part in spec.split(","))):
-        op, _, counts = item.partition("=")
+        op, eq, counts = item.partition("=")
         nfail, _, every = counts.partition(":")
         try:
-            inject_faults(op.strip(), int(nfail or 0), int(every or 0))
+            if not eq or not nfail.strip():
+                raise ValueError("no count after the operation")
+            inject_faults(op.strip(), int(nfail), int(every or 0))
         except (ValueError, TypeError) as exc:
             raise InvalidArgumentError(
                 f"bad REALALLOC_FAULTS entry {item!r} (want OP=N[:EVERY]): {exc}"

@@ -91,7 +91,10 @@ class SpanInfo:
 
 
 class MSpan:
-    """A handle on one ``ra_span`` record (Go: *mspan).  Compares by record."""
+    """A handle on one ``ra_span`` record (Go: *mspan).  Compares by record.
+
+    The record lives in its heap's metadata region: a handle must not be used
+    after the heap is closed (its memory is unmapped then)."""
 
     __slots__ = ("c",)
 
@@ -146,7 +149,7 @@ class MSpan:
             npages=int(c.npages),
             spanclass=spc,
             sizeclass=spc >> 1,
-            elemsize=int(c.elemsize),
+            elemsize=int(c.elemsize) or int(c.npages) * PAGE_SIZE,
             nelems=int(c.nelems),
             allocated=int(c.alloc_count) - int(c.nfreed),
             noscan=bool(spc & 1),

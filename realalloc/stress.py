@@ -475,7 +475,7 @@ def write_json(report: StressReport, path: str) -> None:
         f.write("\n")
 
 
-def stress_main(args: Any, out: TextIO = sys.stdout) -> int:
+def stress_main(args: Any, out: TextIO | None = None) -> int:
     """The ``stress`` subcommand: build the config from parsed arguments, run, report."""
     sizes: tuple[tuple[int, bool], ...] = ()
     if args.replay:
@@ -495,7 +495,7 @@ def stress_main(args: Any, out: TextIO = sys.stdout) -> int:
         progress=not args.quiet,
     )
     report = run_stress(cfg, progress=sys.stderr)
-    print(report.format(), file=out)
+    print(report.format(), file=sys.stdout if out is None else out)
     if args.json:
         write_json(report, args.json)
     return 0 if report.ok else 1
