@@ -1,0 +1,391 @@
+"""The allocator interface the workloads are written against, and how each allocator is loaded.
+
+A workload sees an :class:`Allocator`: two callables, ``malloc(size) -> int``
+(an address) and ``free(addr)``.  The same driver code runs on every allocator:
+
+* ``realalloc``: ``heap = realalloc.Heap()``; ``heap.malloc`` / ``heap.free``
+  (C methods, GIL held; ``malloc`` zeroes memory, realalloc's default).  The
+  interpreter itself keeps using glibc.
+* ``glibc``: the cffi API-mode module that bench/peers.py builds for glibc,
+  ``g_malloc(size) -> uintptr_t`` / ``g_free(uintptr_t)`` around ``malloc`` /
+  ``free``.
+* ``jemalloc``, ``mimalloc``, ``tcmalloc``: *the same glibc cffi module*, in a
+  process started with ``LD_PRELOAD=<the library>``, so its ``malloc`` /
+  ``free`` (and the interpreter's) resolve to the preloaded allocator, the
+  way mimalloc-bench runs its peers.  :func:`load_allocator` checks that the
+  ``malloc`` the process resolves lies in the preloaded library, and for
+  mimalloc and tcmalloc that the library owns a block ``g_malloc`` returned.
+
+``realalloc-nozero`` (not run by default) is realalloc with
+``malloc(size, zero=False)``: memory as glibc's ``malloc`` returns it, not
+zeroed, to show what zeroing costs realalloc.
+
+Objects are *touched* through a small CPython extension built here
+(:func:`memory`): ``METH_FASTCALL`` functions that keep the GIL, about half
+the cost of a cffi call, so touching adds little to what is timed.
+``stamp(p, n)`` writes the first and last byte of the object with a tag
+derived from its address and size, ``check(p, n)`` tells whether both bytes
+still hold it, and ``stamp_pages(p, n)`` also writes one byte in every 4 KiB
+page (large objects).  Writing makes the memory resident,
+so peak RSS is real; the checks that the workloads run on a sample of the
+objects they free (and on the whole live set at the end) catch two live
+objects that overlap, which would be an allocator bug.  A use-after-free by
+the allocator's client would not be noticed: these are benchmarks, not tests.
+
+Threads are Python threads: with the GIL, the workloads measure allocator
+plus interpreter; all allocators run the same interpreter code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import importlib
+import io
+import os
+import pathlib
+import resource
+import sys
+import sysconfig
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent
+ROOT = BENCH.parent
+for _p in (str(BENCH), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import peers  # noqa: E402  (bench/peers.py, after the path is set)
+
+ALLOCATORS = ("realalloc", "glibc", "jemalloc", "mimalloc", "tcmalloc")
+"""The allocators the runner runs by default, in table order."""
+EXTRA = ("realalloc-nozero",)
+"""Allocators run only when asked for."""
+
+PRELOAD: dict[str, tuple[str, str]] = {
+    "jemalloc": ("libjemalloc.so.2", "libjemalloc2"),
+    "mimalloc": ("libmimalloc.so.2", "libmimalloc2.0"),
+    "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc-minimal4"),
+}
+"""Peer run through LD_PRELOAD -> (soname, Debian package)."""
+
+MIB = 1 << 20
+
+
+@dataclass
+class Allocator:
+    """What a workload calls: ``malloc(size) -> address`` and ``free(address)``."""
+
+    name: str
+    malloc: Callable[[int], int]
+    free: Callable[[int], None]
+    version: str = ""
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+def preload_path(name: str) -> str | None:
+    """Full path of the library to LD_PRELOAD for peer ``name`` (None if absent)."""
+    soname, _ = PRELOAD[name]
+    return peers.find_library(soname)
+
+
+def unavailable(name: str) -> str | None:
+    """Why allocator ``name`` cannot run here, or None if it can."""
+    if name in PRELOAD:
+        soname, package = PRELOAD[name]
+        if preload_path(name) is None:
+            return f"{soname} not found (apt-get install -y {package})"
+    return None
+
+
+def _mapping_of(addr: int) -> str:
+    """Path of the file mapped at ``addr`` in this process ('' if anonymous)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= addr < hi:
+                return parts[5].strip() if len(parts) == 6 else ""
+    return ""
+
+
+def _peer_version(name: str, lib: Any) -> str:
+    """Version of preloaded peer ``name`` (``lib``: ctypes handle of its library)."""
+    if name == "mimalloc":
+        lib.mi_version.restype = ctypes.c_int
+        v = lib.mi_version()
+        return f"{v // 100}.{v % 100 // 10}.{v % 10}"
+    if name == "tcmalloc":
+        lib.tc_version.restype = ctypes.c_char_p
+        lib.tc_version.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        return (lib.tc_version(None, None, None) or b"?").decode().split()[-1]
+    if name == "jemalloc":
+        out = ctypes.c_char_p()
+        size = ctypes.c_size_t(ctypes.sizeof(out))
+        lib.mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.mallctl.argtypes += [ctypes.c_void_p, ctypes.c_size_t]
+        if lib.mallctl(b"version", ctypes.byref(out), ctypes.byref(size), None, 0) == 0:
+            return (out.value or b"?").decode().split("-")[0]
+    return "?"
+
+
+def _check_preloaded(
+    name: str, g_malloc: Callable[[int], int], g_free: Callable[[int], None]
+) -> str:
+    """Check that ``malloc`` in this process is peer ``name``'s; return its version."""
+    path = preload_path(name)
+    if path is None or path not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError(f"{name}: run this process with LD_PRELOAD={path}")
+    malloc_addr = ctypes.cast(ctypes.CDLL(None).malloc, ctypes.c_void_p).value or 0
+    where = _mapping_of(malloc_addr)
+    if os.path.realpath(where) != os.path.realpath(path):
+        raise RuntimeError(f"{name}: malloc resolves to {where or '?'}, not {path}")
+    lib = ctypes.CDLL(path)  # the already loaded copy
+    addr = g_malloc(64)
+    try:
+        if name == "mimalloc":
+            lib.mi_is_in_heap_region.restype = ctypes.c_bool
+            owned = bool(lib.mi_is_in_heap_region(ctypes.c_void_p(addr)))
+        elif name == "tcmalloc":
+            owned = lib.MallocExtension_GetOwnership(ctypes.c_void_p(addr)) == 1
+        else:
+            owned = True  # jemalloc has no ownership query; malloc's mapping was checked
+    finally:
+        g_free(addr)
+    if not owned:
+        raise RuntimeError(f"{name}: g_malloc returned memory the library does not own")
+    return _peer_version(name, lib)
+
+
+def load_allocator(name: str) -> Allocator:
+    """The allocator ``name`` for this process (peers: LD_PRELOAD set by the runner)."""
+    if name in ("realalloc", "realalloc-nozero"):
+        import realalloc
+        from realalloc import _debug
+
+        if _debug.DEBUG != 0:
+            raise RuntimeError(f"realalloc runs at REALALLOC_DEBUG={_debug.DEBUG}; set it to 0")
+        heap = realalloc.Heap()
+        malloc = heap.malloc if name == "realalloc" else functools.partial(heap.malloc, zero=False)
+        return Allocator(name, malloc, heap.free, realalloc.__version__, heap.close)
+    if name not in ALLOCATORS:
+        known = ", ".join(ALLOCATORS + EXTRA)
+        raise ValueError(f"unknown allocator {name!r}; one of {known}")
+    lib = peers.load("glibc")
+    if name == "glibc":
+        if os.environ.get("LD_PRELOAD"):
+            raise RuntimeError("glibc: LD_PRELOAD is set")
+        v = lib.g_version()
+        version = f"{v // 100}.{v % 100}"
+    else:
+        version = _check_preloaded(name, lib.g_malloc, lib.g_free)
+    return Allocator(name, lib.g_malloc, lib.g_free, version)
+
+
+# -- touching memory -------------------------------------------------------------------------
+
+_MEM_SOURCE = r"""
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A tag that differs between neighbouring objects and sizes. */
+static unsigned char tag_of(uintptr_t p, size_t n) {
+    return (unsigned char)((p >> 3) ^ (p >> 11) ^ (p >> 19) ^ n ^ 0xA5u);
+}
+
+static int addr_size(PyObject *const *args, Py_ssize_t nargs, uintptr_t *p, size_t *n) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (addr, size)");
+        return -1;
+    }
+    unsigned long long a = PyLong_AsUnsignedLongLong(args[0]);
+    if (a == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    unsigned long long s = PyLong_AsUnsignedLongLong(args[1]);
+    if (s == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (a == 0 || s < 2) {
+        PyErr_SetString(PyExc_ValueError, "need a non-NULL address and a size >= 2");
+        return -1;
+    }
+    *p = (uintptr_t)a;
+    *n = (size_t)s;
+    return 0;
+}
+
+static void do_stamp(uintptr_t p, size_t n) {
+    volatile unsigned char *b = (volatile unsigned char *)p;
+    unsigned char t = tag_of(p, n);
+    b[0] = t;
+    b[n - 1] = (unsigned char)~t;
+}
+
+/* stamp(addr, size): write the first and the last byte of the object. */
+static PyObject *stamp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uintptr_t p;
+    size_t n;
+    if (addr_size(args, nargs, &p, &n)) return NULL;
+    do_stamp(p, n);
+    Py_RETURN_NONE;
+}
+
+/* check(addr, size) -> bool: both bytes still hold what stamp wrote. */
+static PyObject *check(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uintptr_t p;
+    size_t n;
+    if (addr_size(args, nargs, &p, &n)) return NULL;
+    volatile unsigned char *b = (volatile unsigned char *)p;
+    unsigned char t = tag_of(p, n);
+    return PyBool_FromLong(b[0] == t && b[n - 1] == (unsigned char)~t);
+}
+
+/* stamp_pages(addr, size): stamp, and write one byte in every 4 KiB page between. */
+static PyObject *stamp_pages(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uintptr_t p;
+    size_t n;
+    if (addr_size(args, nargs, &p, &n)) return NULL;
+    volatile unsigned char *b = (volatile unsigned char *)p;
+    for (size_t i = 4096; i < n - 1; i += 4096) b[i] = 1;
+    do_stamp(p, n);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"stamp", (PyCFunction)(void (*)(void))stamp, METH_FASTCALL, NULL},
+    {"check", (PyCFunction)(void (*)(void))check, METH_FASTCALL, NULL},
+    {"stamp_pages", (PyCFunction)(void (*)(void))stamp_pages, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "MODNAME", NULL, -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit_MODNAME(void) { return PyModule_Create(&moddef); }
+"""
+
+
+def _mem_module_name() -> str:
+    parts = [_MEM_SOURCE, " ".join(peers.CFLAGS), sys.version]
+    parts.append(sysconfig.get_config_var("EXT_SUFFIX") or "")
+    return "_ra_wl_mem_" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def build_memory() -> tuple[str, pathlib.Path]:
+    """Compile the stamp/check extension into peers' cache directory unless it is there."""
+    modname, out = _mem_module_name(), peers.cache_dir()
+    target = out / (modname + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    if target.exists():
+        return modname, out
+    from setuptools import Distribution, Extension  # type: ignore[import-untyped,unused-ignore]
+
+    with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+        src = pathlib.Path(tmp) / f"{modname}.c"
+        src.write_text(_MEM_SOURCE.replace("MODNAME", modname))
+        ext = Extension(modname, sources=[str(src)], extra_compile_args=peers.CFLAGS)
+        dist = Distribution({"ext_modules": [ext], "script_name": "common.py"})
+        cmd = dist.get_command_obj("build_ext")
+        cmd.build_lib = cmd.build_temp = tmp
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            try:
+                dist.run_command("build_ext")
+            except Exception as e:
+                raise RuntimeError(f"building {modname} failed: {e}\n{sink.getvalue()}") from e
+        [built] = cmd.get_outputs()
+        os.replace(built, target)  # atomic: a concurrent loader never sees half a file
+    return modname, out
+
+
+def build_helpers() -> None:
+    """Build the glibc cffi module (peers.py) and the stamp/check extension, unless cached."""
+    peers.build("glibc")
+    build_memory()
+
+
+def memory() -> Any:
+    """The stamp/check module: ``stamp``, ``check``, ``stamp_pages`` (addr, size)."""
+    modname, out = build_memory()
+    if str(out) not in sys.path:
+        sys.path.insert(0, str(out))
+    return importlib.import_module(modname)
+
+
+class BadObject(AssertionError):
+    """An object's stamped bytes changed while it was live: the allocator handed out overlap."""
+
+
+def verify(mem: Any, addrs: Iterable[int], sizes: Iterable[int], what: str) -> int:
+    """Check every (addr, size) of a live set; raise BadObject on the first bad one."""
+    check = mem.check
+    n = 0
+    seen: set[int] = set()
+    for a, s in zip(addrs, sizes, strict=True):
+        if a in seen or not a:
+            raise BadObject(f"{what}: address {a:#x} handed out twice (or NULL)")
+        seen.add(a)
+        if not check(a, s):
+            raise BadObject(f"{what}: object {a:#x} ({s} B) was overwritten while live")
+        n += 1
+    return n
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+
+class Worker(threading.Thread):
+    """A thread that keeps its target's exception (or result) for :meth:`result`."""
+
+    def __init__(self, target: Callable[..., Any], *args: Any) -> None:
+        super().__init__(daemon=True)
+        self._fn, self._args = target, args
+        self.error: BaseException | None = None
+        self.value: Any = None
+
+    def run(self) -> None:
+        try:
+            self.value = self._fn(*self._args)
+        except BaseException as e:  # re-raised by result()
+            self.error = e
+
+    def result(self) -> Any:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def run_all(workers: list[Worker]) -> list[Any]:
+    """Start every worker, join them all, re-raise the first error."""
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return [w.result() for w in workers]
+
+
+# -- memory use ------------------------------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set of this process so far (ru_maxrss, KiB on Linux), in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of mapped memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def rss_mib() -> float:
+    """Current resident set of this process, in MiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB

@@ -1,0 +1,287 @@
+"""Run the allocator workloads on realalloc, glibc, jemalloc, mimalloc and tcmalloc.
+
+Every (workload, allocator) run is a subprocess of its own, with the
+runner's environment plus ``REALALLOC_DEBUG=0``; peers other than glibc run
+with ``LD_PRELOAD`` set to their library (see workloads/common.py).  Runs are
+interleaved: for each repetition, for each workload, every allocator once
+(A, B, C, ..., then again), so drift in machine speed hits all of them.
+
+The subprocess first pins itself to one CPU (``--cpu``, default the last
+one; a preloaded allocator has already initialised, seeing every CPU).
+Python threads run one at a time anyway; on one CPU, handing the GIL over
+is a context switch there, not a wake-up on another CPU that may be busy,
+which makes multi-threaded runs much less erratic on a shared machine.  Then
+the workload draws its random choices (same seed for every allocator), the
+allocator is loaded, the cyclic GC is switched off, and only ``execute`` is
+timed (``time.perf_counter``).  Peak RSS is the process's ``ru_maxrss``
+after the run, interpreter and drawn plan included, so the RSS at the start
+of ``execute`` is reported as well; the JSON also has the minor page faults
+taken during ``execute``.
+
+Reported per (workload, allocator): the median wall time over repetitions,
+its ratio to glibc's median, the median peak RSS and the median RSS at the
+start.  The runner checks that every run freed what it allocated and made the
+same number of malloc calls as glibc's run of the same workload.
+
+Usage, from the repository root (after ``pip install -e .``)::
+
+    python bench/workloads/run.py                    # 5 repetitions, about 3 minutes
+    python bench/workloads/run.py --quick            # 1 repetition at 1/5 size
+    python bench/workloads/run.py --json out.json --workloads larson,large
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+
+from workloads import common  # noqa: E402  (after the path is set)
+
+WORKLOADS = ("larson", "mstress", "xmalloc-test", "alloc-test", "large")
+MODULES = {w: w.replace("-", "_") for w in WORKLOADS}
+MARK = "RESULT "
+SEED = 20240601
+
+
+def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> None:
+    """Run one workload on one allocator in this process; print a RESULT line."""
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+    mod = importlib.import_module(f"workloads.{MODULES[workload]}")
+    plan = mod.prepare(scale, seed)
+    alloc = common.load_allocator(allocator)
+    mem = common.memory()
+    gc.collect()
+    gc.disable()
+    rss0, peak0 = common.rss_mib(), common.peak_rss_mib()
+    faults0 = common.minor_faults()
+    t0 = time.perf_counter()
+    counts = mod.execute(alloc, mem, plan)
+    seconds = time.perf_counter() - t0
+    faults = common.minor_faults() - faults0
+    peak = common.peak_rss_mib()
+    gc.enable()
+    alloc.close()
+    out = {
+        "workload": workload,
+        "allocator": allocator,
+        "version": alloc.version,
+        "seconds": seconds,
+        "peak_rss_mib": peak,
+        "rss_start_mib": rss0,
+        "peak_rss_start_mib": peak0,
+        "minor_faults": faults,
+        **counts,
+    }
+    print(MARK + json.dumps(out), flush=True)
+
+
+def spawn(workload: str, allocator: str, scale: float, cpu: int, timeout: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["REALALLOC_DEBUG"] = "0"
+    env.pop("LD_PRELOAD", None)
+    if allocator in common.PRELOAD:
+        env["LD_PRELOAD"] = common.preload_path(allocator) or ""
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(common.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--child", workload, allocator]
+    cmd += ["--scale", repr(scale), "--seed", str(SEED), "--cpu", str(cpu)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"workload": workload, "allocator": allocator, "error": f"timeout ({timeout} s)"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK) and proc.returncode == 0:
+            res: dict[str, Any] = json.loads(line[len(MARK) :])
+            return res
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    return {
+        "workload": workload,
+        "allocator": allocator,
+        "error": f"exit status {proc.returncode}",
+        "stderr": tail,
+    }
+
+
+def last_cpu() -> int:
+    """The highest-numbered CPU this process may run on."""
+    return max(os.sched_getaffinity(0))
+
+
+def fmt_mib(x: float) -> str:
+    return f"{x:,.1f}"
+
+
+def summarize(
+    runs: list[dict[str, Any]], workloads: list[str], allocators: list[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of the table (medians) and the problems found."""
+    rows, problems = [], []
+    for w in workloads:
+        by: dict[str, list[dict[str, Any]]] = {a: [] for a in allocators}
+        for r in runs:
+            if r["workload"] == w and r["allocator"] in by:
+                by[r["allocator"]].append(r)
+        ok = {a: [r for r in rs if "error" not in r] for a, rs in by.items()}
+        ref_mallocs = {r["mallocs"] for r in ok.get("glibc", [])}
+        base = statistics.median(r["seconds"] for r in ok["glibc"]) if ok.get("glibc") else None
+        for a in allocators:
+            found: dict[str, int] = {}  # problem -> number of runs with it
+            for r in by[a]:
+                if "error" in r:
+                    why = f"{r['error']}\n{r.get('stderr', '')}".rstrip()
+                elif r["mallocs"] != r["frees"]:
+                    why = f"{r['mallocs']} mallocs but {r['frees']} frees"
+                elif ref_mallocs and r["mallocs"] not in ref_mallocs:
+                    why = f"{r['mallocs']} mallocs, glibc made {sorted(ref_mallocs)}"
+                else:
+                    continue
+                found[why] = found.get(why, 0) + 1
+            for why, n in found.items():
+                problems.append(f"{w} on {a} ({n} of {len(by[a])} runs): {why}")
+            good = ok[a]
+            if not good:
+                rows.append({"workload": w, "allocator": a, "runs": 0, "failed": len(by[a])})
+                continue
+            secs = statistics.median(r["seconds"] for r in good)
+            rows.append(
+                {
+                    "workload": w,
+                    "allocator": a,
+                    "version": good[0]["version"],
+                    "runs": len(good),
+                    "failed": len(by[a]) - len(good),
+                    "seconds": secs,
+                    "seconds_min": min(r["seconds"] for r in good),
+                    "seconds_max": max(r["seconds"] for r in good),
+                    "ratio_glibc": secs / base if base else None,
+                    "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in good),
+                    "rss_start_mib": statistics.median(r["rss_start_mib"] for r in good),
+                    "minor_faults": statistics.median(r["minor_faults"] for r in good),
+                    "mallocs": good[0]["mallocs"],
+                }
+            )
+    return rows, problems
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| workload | allocator | median s | ratio to glibc | peak RSS MiB | RSS at start MiB |",
+        "|----------|-----------|---------:|---------------:|-------------:|-----------------:|",
+    ]
+    for r in rows:
+        if not r["runs"]:
+            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | |")
+            continue
+        ratio = f"{r['ratio_glibc']:.2f}" if r["ratio_glibc"] is not None else "n/a"
+        if r["allocator"].startswith("realalloc"):
+            ratio = f"**{ratio}**"
+        out.append(
+            f"| {r['workload']} | {r['allocator']} | {r['seconds']:.3f} | {ratio} | "
+            f"{fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['rss_start_mib'])} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 repetition at 1/5 size")
+    ap.add_argument("--reps", type=int, help="repetitions (default 5; 1 with --quick)")
+    ap.add_argument("--scale", type=float, help="work per run (default 1; 0.2 with --quick)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    ap.add_argument("--allocators", default=",".join(common.ALLOCATORS), help="comma-separated")
+    ap.add_argument(
+        "--cpu", type=int, default=last_cpu(), help="pin each run to this CPU; -1: do not pin"
+    )
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
+    ap.add_argument("--json", metavar="FILE", help="also write every run and the table as JSON")
+    ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "ALLOCATOR"), help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=SEED, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    scale = args.scale if args.scale is not None else (0.2 if args.quick else 1.0)
+    if args.child:
+        child(args.child[0], args.child[1], scale, args.seed, args.cpu)
+        return 0
+
+    reps = args.reps if args.reps is not None else (1 if args.quick else 5)
+    workloads = [w for w in args.workloads.split(",") if w]
+    for w in workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w!r}; one of {', '.join(WORKLOADS)}")
+    allocators = []
+    for a in (x for x in args.allocators.split(",") if x):
+        if a not in common.ALLOCATORS + common.EXTRA:
+            known = ", ".join(common.ALLOCATORS + common.EXTRA)
+            ap.error(f"unknown allocator {a!r}; one of {known}")
+        why = common.unavailable(a)
+        if why:
+            print(f"skip {a}: {why}", flush=True)
+        else:
+            allocators.append(a)
+    if "glibc" not in allocators:
+        print("note: glibc is not run, so there is no ratio column", flush=True)
+
+    # Build the helper modules once, here, so no run compiles (or races to).
+    common.build_helpers()
+
+    print(
+        f"{len(workloads)} workloads x {len(allocators)} allocators x {reps} repetitions, "
+        f"scale {scale:g}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        + (f"runs pinned to CPU {args.cpu}" if args.cpu >= 0 else "runs not pinned"),
+        flush=True,
+    )
+    runs: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    for rep in range(reps):
+        for w in workloads:
+            for a in allocators:
+                res = spawn(w, a, scale, args.cpu, args.timeout)
+                res["rep"] = rep
+                runs.append(res)
+                if "error" in res:
+                    done = f"FAILED: {res['error']}"
+                else:
+                    done = f"{res['seconds']:.3f} s, peak {res['peak_rss_mib']:.1f} MiB"
+                print(f"  rep {rep + 1}/{reps}  {w:<12} {a:<9} {done}", file=sys.stderr, flush=True)
+    elapsed = time.monotonic() - t_start
+
+    rows, problems = summarize(runs, workloads, allocators)
+    versions = sorted({f"{r['allocator']} {r['version']}" for r in rows if r.get("version")})
+    print()
+    print(markdown(rows))
+    print()
+    print(f"Versions: {', '.join(versions)}.  Total {elapsed:.0f} s.")
+    for p in problems:
+        print(f"PROBLEM: {p}")
+    if args.json:
+        meta = {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "reps": reps,
+            "scale": scale,
+            "seed": SEED,
+            "cpu": args.cpu,
+            "elapsed_s": elapsed,
+        }
+        doc = {"meta": meta, "table": rows, "runs": runs, "problems": problems}
+        pathlib.Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
