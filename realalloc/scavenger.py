@@ -7,8 +7,11 @@ shrinks keeps its RSS.  One daemon thread per heap gives them back to the OS
 (MADV_DONTNEED) while the resident free pages exceed ``RETAIN_EXTRA_PERCENT``
 of the in-use pages (Go's retainExtraPercent), in steps of at most
 ``STEP_BYTES`` and within a CPU budget: after a step that took *t* seconds
-it sleeps *t / BUDGET - t*, so it uses at most ``BUDGET`` of one core (Go
-aims at 1%).  With nothing to do it checks every ``IDLE_SECONDS``.
+it sleeps *t / BUDGET - t*, so releasing uses at most ``BUDGET`` of one core
+(Go aims at 1%).  Each step first sweeps (``Heap.reclaim``) so that emptied
+spans' pages count as free; that is deferred allocator work, like Go's
+background sweeper, and is not charged to the budget.  With nothing to do it
+checks every ``IDLE_SECONDS``.
 
 ``Heap.scavenge`` is the explicit, synchronous form.
 
@@ -61,16 +64,18 @@ class BackgroundScavenger:
             heap = self._heap()
             if heap is None or heap.closed:
                 return
-            start = time.perf_counter()
+            released, spent = 0, 0.0
             try:
-                heap.reclaim()  # empty spans back to MHeap first: their pages are free
+                # Sweeping is the heap's own deferred work (Go's background
+                # sweeper), not scavenging: it does not count against the budget.
+                heap.reclaim()  # emptied spans back to MHeap: their pages are free
+                start = time.perf_counter()
                 released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
+                spent = time.perf_counter() - start
             except (ShimError, HeapClosedError):
                 # The OS refused (or the heap closed meanwhile): the pages stay
                 # resident and counted as such; try again after a pause.
                 self.failures += 1
-                released = 0
-            spent = time.perf_counter() - start
             del heap
             self.released += released
             pause = max(spent / BUDGET - spent, 0.001) if released else IDLE_SECONDS
