@@ -134,7 +134,8 @@ typedef struct ra_heap {
 /* Metadata of one 64 MiB heap arena (Go: heapArena).  Python allocates it
  * with ffi.new and keeps it alive while the arena is in the index. */
 typedef struct ra_heap_arena {
-    ra_span *spans[RA_PAGES_PER_ARENA];       /* page -> span, NULL for free pages */
+    ra_span *spans[RA_PAGES_PER_ARENA];       /* page -> span, NULL for free pages; first, so
+                                                 its 16 OS pages can be released (zero = NULL) */
     uint64_t page_in_use[RA_PAGES_PER_ARENA / 64]; /* bit set on the first page of each in-use span */
     uintptr_t base;                            /* first byte of the arena */
     uint32_t heap_id;                          /* id of the heap that owns the arena */

@@ -64,16 +64,21 @@ class HeapArena:
     method.
     """
 
-    __slots__ = ("base", "heap_id", "meta")
+    __slots__ = ("base", "heap_id", "live_pages", "maps_released", "meta")
 
-    def __init__(self, base: int, heap_id: int) -> None:
+    def __init__(self, base: int, heap_id: int, meta: Any = None) -> None:
+        """``meta``: zeroed C memory for the metadata (MHeap passes a record of
+        its metadata region, whose page map it can give back to the OS); None
+        allocates it with ffi.new."""
         if base & ((1 << ARENA_SHIFT) - 1):
             raise InvalidArgumentError(f"arena base {base:#x} is not 64 MiB aligned")
         self.base = base
         self.heap_id = heap_id
-        self.meta: Any = ffi.new("ra_heap_arena *")
+        self.meta: Any = ffi.new("ra_heap_arena *") if meta is None else meta
         self.meta.base = base
         self.meta.heap_id = heap_id
+        self.live_pages = 0  # pages mapped to a span
+        self.maps_released = False  # page map given back to the OS (reads as all NULL)
 
     def page_index(self, addr: int) -> int:
         return (addr - self.base) >> PAGE_SHIFT
@@ -81,6 +86,8 @@ class HeapArena:
     def set_spans(self, first_page: int, npages: int, span: Any) -> None:
         """Point pages ``first_page .. first_page+npages-1`` at ``span`` (or NULL)."""
         self.meta.spans[first_page : first_page + npages] = [span] * npages
+        self.live_pages += npages if span else -npages
+        self.maps_released = self.maps_released and not span
 
     def set_in_use(self, page: int, in_use: bool) -> None:
         word, bit = divmod(page, 64)

@@ -10,8 +10,9 @@ with no lock; this module is the slow path behind it:
 * ``refill(spc)`` when the span of a class is full: sweep it if frees have
   arrived since, else hand it back to its MCentral and take one with room
   (Go: mcache.refill);
-* ``flush()`` when the thread ends or the heap closes: retire the tiny block
-  and hand every span back (Go: mcache.releaseAll).
+* ``release_all()`` when the thread ends (then its counters are absorbed
+  into the heap's) or when it scavenges: retire the tiny block and hand every
+  span back (Go: mcache.releaseAll).
 
 Empty entries point at the heap's *empty span*, a record with no slots, so
 the fast path never tests for NULL (Go: emptymspan).
@@ -21,8 +22,8 @@ Invariants:
   CACHE-2: tiny != 0  =>  tiny_span is a tiny-class span whose state word for
            the block has RA_TINY_HELD set.
 
-Locking: only the owning thread touches its MCache, except ``flush`` from
-the finalizer after the thread has ended.  ``refill`` and ``flush`` take
+Locking: only the owning thread touches its MCache, except ``release_all``
+from the finalizer after the thread has ended.  ``refill`` and ``release_all`` take
 MCentral locks; they must not be called with any lock held.
 """
 
@@ -69,8 +70,9 @@ class MCache:
             central.uncache_span(old)
         c.alloc[spc] = central.cache_span()
 
-    def flush(self) -> None:
-        """Retire the tiny block and give every span back to its MCentral."""
+    def release_all(self) -> None:
+        """Retire the tiny block and give every span back to its MCentral
+        (Go: mcache.releaseAll).  The cache stays usable: it refills."""
         c, heap = self.c, self.heap
         idx = ffi.new("uint32_t *")
         dead = lib.ra_cache_tiny_retire(c, idx)
@@ -82,7 +84,6 @@ class MCache:
             if s != empty:
                 c.alloc[spc] = empty
                 heap.central[spc].uncache_span(s)
-        heap.absorb_counts(self)
 
     def cached_ids(self) -> list[int]:
         empty = self.heap.empty_span
@@ -94,4 +95,5 @@ class MCache:
         if not heap.closed:
             with heap.lifecycle_lock:
                 if not heap.closed:
-                    self.flush()
+                    self.release_all()
+                    heap.absorb_counts(self)

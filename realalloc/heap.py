@@ -73,6 +73,7 @@ from .sizeclasses import (
     TINY_SIZE,
     make_span_class,
     size_to_class,
+    tiny_align,
 )
 from .span import MSpan, SpanInfo, SpanState
 from .stats import MemoryReport, MemStats, SizeClassStats
@@ -235,8 +236,13 @@ class Heap(_fast.HeapBase):
         noscan = bool(c.spanclass & 1)
         if c.spanclass < 2:
             fits = size > MAX_SMALL_SIZE and -(-size // PAGE_SIZE) == c.npages
-        elif obj.piece >= 0:
-            fits = noscan and size < TINY_SIZE and size <= self._extent(obj)
+        elif obj.piece >= 0:  # the piece must also be aligned as Go aligns that size
+            fits = (
+                noscan
+                and size < TINY_SIZE
+                and size <= self._extent(obj)
+                and addr % tiny_align(size) == 0
+            )
         else:
             tiny = noscan and size < TINY_SIZE
             fits = not tiny and size <= MAX_SMALL_SIZE and size_to_class(size) == c.spanclass >> 1
@@ -366,6 +372,10 @@ class Heap(_fast.HeapBase):
         if nbytes is not None:
             require_int("nbytes", nbytes)
         self._check_open()
+        if nbytes is None:  # everything: this thread's cached spans too
+            cache: MCache | None = getattr(self._local, "cache", None)
+            if cache is not None:
+                cache.release_all()
         self.reclaim()
         return self.mheap.scavenge(nbytes)
 

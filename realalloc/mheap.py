@@ -66,10 +66,12 @@ _PAGE_CACHE_MAX: Final = 16
 TINY_SLOTS: Final = PAGE_SIZE // 16
 """Slots of a tiny-class span (one page of 16-byte blocks)."""
 _WORD: Final = (1 << 64) - 1
-_ARENA_META_BYTES: Final[int] = ffi.sizeof("ra_heap_arena")
 _SLAB_SLACK: Final[int] = 4 * (SLAB_BYTES + 4 * TINY_SLOTS)
 """The most metadata one span allocation can add besides arena maps: a slab
 each of span records, alloc bits, free bits and tiny states."""
+_PAGE_MAP_BYTES: Final[int] = ffi.sizeof("ra_span *") * PAGES_PER_ARENA
+"""The spans[] map at the start of ra_heap_arena: 16 OS pages, page aligned."""
+_ZERO_ARENA: Final = bytes(ffi.sizeof("ra_heap_arena"))
 _ZERO_SPAN: Final = bytes(ffi.sizeof("ra_span"))
 _GROW_LIMIT: Final = psutil.virtual_memory().total
 """One growth step may not exceed physical memory: such a request could never be
@@ -137,6 +139,7 @@ class MHeap:
         self.spans = FixAlloc(self.meta_os, "ra_span")  # span records, by id
         self._bitmaps: dict[int, FixAlloc] = {}  # by words per bitmap
         self._tiny_states = FixAlloc(self.meta_os, "uint32_t", TINY_SLOTS, 1 << 20)
+        self._arena_meta = FixAlloc(self.meta_os, "ra_heap_arena", 1, 1 << 16)
         self._local = threading.local()
         # Weak: a thread's cache must die (and flush) with the thread.
         self._thread_pages: weakref.WeakSet[_ThreadPages] = weakref.WeakSet()
@@ -246,9 +249,16 @@ class MHeap:
             return released
 
     def _trim_metadata_locked(self) -> int:
-        """Give unused metadata slabs back to the OS; returns the bytes."""
+        """Give unused metadata back to the OS: free slabs, and the page maps
+        of arenas that hold no span (zero pages read as all NULL); returns bytes."""
         pools = [self.spans, self._tiny_states, *self._bitmaps.values()]
-        return sum(pool.trim() for pool in pools)
+        released = sum(pool.trim() for pool in pools)
+        for arena in self.arenas:
+            if not arena.live_pages and not arena.maps_released:
+                self.meta_os.release(int(ffi.cast("uintptr_t", arena.meta)), _PAGE_MAP_BYTES)
+                arena.maps_released = True
+                released += _PAGE_MAP_BYTES
+        return released
 
     def close(self) -> None:
         """Unmap every arena.  Idempotent; later calls raise HeapClosedError."""
@@ -286,7 +296,8 @@ class MHeap:
             mspan_inuse=self.spans.live * self.spans.record_bytes,
             mspan_sys=self.spans.nbytes,
             bitmaps=self._tiny_states.nbytes + sum(b.nbytes for b in self._bitmaps.values()),
-            arenas=len(self.arenas) * _ARENA_META_BYTES,
+            arenas=self._arena_meta.nbytes
+            - sum(_PAGE_MAP_BYTES for a in self.arenas if a.maps_released),
         )
 
     def retained_locked(self) -> int:
@@ -306,7 +317,7 @@ class MHeap:
         # The pages, plus the metadata the request may add: arena maps if the
         # heap grows, a slab of span records, of bitmaps, of tiny states.
         narenas = -(-npages // PAGES_PER_ARENA)
-        need = npages * PAGE_SIZE + narenas * _ARENA_META_BYTES + _SLAB_SLACK
+        need = npages * PAGE_SIZE + narenas * self._arena_meta.stride + _SLAB_SLACK
         over = self.retained_locked() + need - limit
         if over > 0:
             self.pages.scavenge(over)
@@ -416,7 +427,9 @@ class MHeap:
         try:
             self.os.commit(base)
             for i in range(narenas):
-                arena = HeapArena(base + i * ARENA_BYTES, self.id)
+                meta = self._arena_meta.ptr(self._arena_meta.alloc())
+                ffi.memmove(meta, _ZERO_ARENA, len(_ZERO_ARENA))  # a reused record is not zero
+                arena = HeapArena(base + i * ARENA_BYTES, self.id, meta)
                 ARENAS.add(arena)
                 added.append(arena)
             self.pages.grow(base, nbytes)
@@ -424,6 +437,7 @@ class MHeap:
             # Nothing of the new range was handed out: undo every step.
             for arena in added:
                 ARENAS.remove(arena)
+                self._arena_meta.free(self._arena_meta.index_of(arena.meta))
             self.os.abandon(base)
             raise
         self.arenas.extend(added)

@@ -15,18 +15,12 @@ import weakref
 from itertools import pairwise
 
 import pytest
+from support import M64, pattern
 
 import realalloc
 from realalloc.sizeclasses import PAGE_SIZE, roundupsize, tiny_align
 
-M64 = (1 << 64) - 1
 LARGE = 100000  # a large object: its span disappears the moment it is freed
-
-
-def pattern(addr: int, seq: int, n: int) -> bytes:
-    words = [(addr * 0x9E3779B97F4A7C15 + (seq + k) * 0xD6E8FEB86659FD93) & M64 for k in (1, 2)]
-    unit = struct.pack("<2Q", *words) + bytes([seq & 0xFF | 1])
-    return (unit * (n // 17 + 1))[:n]
 
 
 def addr_re(addr: int) -> str:

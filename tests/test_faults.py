@@ -24,49 +24,22 @@ import threading
 import time
 
 import pytest
+from support import Population
 
 import realalloc
 from realalloc.osmem import ARENA_BYTES, PAGE_SIZE
 
 MIB = 1 << 20
 OPS = ("reserve", "commit", "release")
-M64 = (1 << 64) - 1
 
 
-def pattern(addr: int, seq: int, n: int) -> bytes:
-    word = ((addr + seq) * 0xD6E8FEB86659FD93 ^ seq) & M64
-    unit = word.to_bytes(8, "little") + bytes([seq & 0xFF, 0x5A, 0xC3])
-    return (unit * (n // 11 + 1))[:n]
-
-
-class Live:
+class Live(Population):
     """Live objects of a heap, each with a pattern over its whole usable size."""
 
     SIZES = (1, 5, 8, 24, 100, 1000, 4000, 32768, 40000, 300000)
 
     def __init__(self, heap: realalloc.Heap) -> None:
-        self.heap = heap
-        self.objs: dict[int, bytes] = {}
-        for seq, size in enumerate(self.SIZES * 2):
-            self.add(size, seq)
-
-    def add(self, size: int, seq: int) -> int:
-        addr = self.heap.malloc(size, scan=seq % 3 == 0)
-        data = pattern(addr, seq, self.heap.usable_size(addr))
-        ctypes.memmove(addr, data, len(data))
-        self.objs[addr] = data
-        return addr
-
-    def intact(self) -> None:
-        for addr, data in self.objs.items():
-            assert ctypes.string_at(addr, len(data)) == data, f"object {addr:#x} changed"
-        self.heap.check()
-
-    def free_all(self) -> None:
-        for addr in self.objs:
-            self.heap.free(addr)
-        self.objs.clear()
-        self.heap.check()
+        super().__init__(heap, tuple((s, i % 3 == 0) for i, s in enumerate(self.SIZES)), 2)
 
 
 @pytest.fixture
@@ -206,7 +179,7 @@ def test_nfail_then_every(heap, live):
 
 
 def test_realloc_that_must_grow_keeps_the_old_object(heap, live):
-    addr = live.add(1000, 77)
+    addr = live.add(1000, False, 77)
     data = live.objs[addr]
     try:
         realalloc.inject_faults("commit", 1)

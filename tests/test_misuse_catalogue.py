@@ -21,11 +21,11 @@ import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import Population, addr_re
 
 import realalloc
 from realalloc.osmem import PAGE_SIZE
@@ -36,40 +36,14 @@ MIB = 1 << 20
 M64 = (1 << 64) - 1
 
 
-def pattern(addr: int, seq: int, n: int) -> bytes:
-    word = (addr * 0x2545F4914F6CDD1D + seq * 0x9E3779B97F4A7C15) & M64
-    unit = word.to_bytes(8, "little") + bytes([0xEE, seq & 0xFF, 0x11, 0x77, 0x3C])
-    return (unit * (n // 13 + 1))[:n]
-
-
-class Population:
-    """Live objects of every kind, each holding a pattern over its usable extent."""
+class Catalogue(Population):
+    """The live objects every row must leave intact."""
 
     KINDS = ((2, False), (7, False), (13, False), (8, True), (48, True), (64, False))
     KINDS += ((512, True), (4000, False), (32768, True), (40000, False), (300000, True))
 
     def __init__(self, heap: realalloc.Heap) -> None:
-        self.heap = heap
-        self.objs: dict[int, bytes] = {}
-        self.seq = 0
-        for size, scan in self.KINDS * 2:
-            self.add(size, scan)
-
-    def add(self, size: int, scan: bool = False) -> int:
-        self.seq += 1
-        addr = self.heap.malloc(size, scan=scan)
-        data = pattern(addr, self.seq, self.heap.usable_size(addr))
-        ctypes.memmove(addr, data, len(data))
-        self.objs[addr] = data
-        return addr
-
-    def intact(self) -> None:
-        for addr, data in self.objs.items():
-            assert ctypes.string_at(addr, len(data)) == data, f"live object {addr:#x} changed"
-        ends = sorted((a, a + len(d)) for a, d in self.objs.items())
-        for (a0, e0), (a1, _) in pairwise(ends):
-            assert e0 <= a1, f"live objects {a0:#x} and {a1:#x} overlap"
-        self.heap.check()
+        super().__init__(heap, self.KINDS, copies=2)
 
 
 class Ctx:
@@ -421,11 +395,6 @@ ROWS = [
 ]  # fmt: skip
 
 
-def addr_regex(addr: int) -> str:
-    """``addr`` in hex as Python's %#x and C's %p print it (lower case)."""
-    return rf"0x0*{addr:x}\b"
-
-
 @pytest.fixture
 def heap():
     h = realalloc.Heap(background_scavenger=False)
@@ -445,7 +414,7 @@ def heap():
     ],
 )
 def test_misuse(heap, tmp_path, row):
-    pop = Population(heap)
+    pop = Catalogue(heap)
     pop.intact()
     c = Ctx(heap, pop, tmp_path)
     faults = {op: realalloc.fault_hits(op) for op in ("reserve", "commit", "release")}
@@ -461,7 +430,7 @@ def test_misuse(heap, tmp_path, row):
     expected = row.match
     if ADDR in expected:
         assert isinstance(c.bad, int), "the row did not note its bad address"
-        expected = expected.replace(ADDR, addr_regex(c.bad))
+        expected = expected.replace(ADDR, addr_re(c.bad))
     assert re.search(expected, str(err)), f"{type(err).__name__}: {err}  !~  {expected}"
     # nothing changed: every live object intact, every invariant holds, no fault armed
     pop.intact()

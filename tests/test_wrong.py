@@ -8,57 +8,14 @@ import ctypes
 import re
 import struct
 import threading
-from itertools import pairwise
 
 import pytest
+from support import Population, addr_re
 
 import realalloc
 from realalloc.sizeclasses import PAGE_SIZE
 
 MIB = 1 << 20
-M64 = (1 << 64) - 1
-
-
-def pattern(addr: int, seq: int, n: int) -> bytes:
-    """n bytes derived from the address and a sequence number."""
-    words = [(addr * 0x9E3779B97F4A7C15 + (seq + k) * 0xBF58476D1CE4E5B9) & M64 for k in (1, 2)]
-    unit = struct.pack("<2Q", *words) + bytes([seq & 0xFF | 1])
-    return (unit * (n // 17 + 1))[:n]
-
-
-def addr_re(addr: int) -> str:
-    """A regex matching ``addr`` written in hex (any case, optional zero padding)."""
-    return rf"(?i)0x0*{addr:x}\b"
-
-
-class Population:
-    """Live objects of every kind, each holding a pattern over its usable extent."""
-
-    SIZES = ((1, False), (3, False), (8, False), (13, False), (16, False), (24, True))
-    SIZES += ((100, True), (100, False), (4000, True), (32768, False), (40000, True))
-    SIZES += ((300000, False),)
-
-    def __init__(self, heap) -> None:
-        self.heap = heap
-        self.objs: dict[int, bytes] = {}
-        for seq, (size, scan) in enumerate(self.SIZES * 3):
-            self.add(size, scan, seq)
-
-    def add(self, size: int, scan: bool, seq: int) -> int:
-        addr = self.heap.malloc(size, scan=scan)
-        data = pattern(addr, seq, self.heap.usable_size(addr))
-        ctypes.memmove(addr, data, len(data))
-        self.objs[addr] = data
-        return addr
-
-    def intact(self) -> None:
-        """Every live object keeps its pattern, none overlap, and check() passes."""
-        for addr, data in self.objs.items():
-            assert ctypes.string_at(addr, len(data)) == data, f"object {addr:#x} changed"
-        ends = sorted((a, a + max(len(d), 1)) for a, d in self.objs.items())
-        for (a0, e0), (a1, _) in pairwise(ends):
-            assert e0 <= a1, f"{a0:#x} and {a1:#x} overlap"
-        self.heap.check()
 
 
 @pytest.fixture
