@@ -480,30 +480,6 @@ def run_child(name: str, meta_path: str, settle: float) -> dict[str, Any]:
 # ---------------------------------------------------------- orchestrator side
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_revision() -> str:
-    try:
-        proc = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        )
-    except OSError:
-        return "unknown"
-    return proc.stdout.strip() or "unknown"
-
-
 def spawn(name: str, meta_path: str, settle: float) -> dict[str, Any]:
     """Run one allocator's subprocess; its result, or {"error": ...}."""
     env = os.environ.copy()
@@ -695,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fragmentation: {total_mb} MiB in mixed sizes, free {FREE_FRACTION:.0%}, allocate "
         f"again, free all; seed {args.seed}; Python {platform.python_version()}, "
-        f"{cpu_model()}, {os.cpu_count()} CPUs; realalloc {git_revision()}"
+        f"{peers.cpu_model()}, {os.cpu_count()} CPUs; realalloc {peers.git_revision()}"
     )
     with tempfile.TemporaryDirectory(prefix="ra-frag-") as tmp:
         t0 = time.perf_counter()
@@ -731,8 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             "free_fraction": FREE_FRACTION,
             "workload": {k: v for k, v in meta.items() if k != "path"},
             "python": platform.python_version(),
-            "cpu": cpu_model(),
-            "realalloc_revision": git_revision(),
+            "cpu": peers.cpu_model(),
+            "realalloc_revision": peers.git_revision(),
             "results": results,
             "targets": checks,
         }

@@ -257,17 +257,6 @@ def run_metadata(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------- orchestrator side
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def spawn(args: argparse.Namespace, worker: str, class_sizes: str) -> dict[str, Any]:
     """Run one worker subprocess; its result, or {"error": ...}."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
@@ -304,20 +293,6 @@ def spawn(args: argparse.Namespace, worker: str, class_sizes: str) -> dict[str, 
             return result
     finally:
         os.unlink(path)
-
-
-def git_revision() -> str:
-    """``git describe --always --dirty`` of the checkout, or "unknown"."""
-    try:
-        proc = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        )
-    except OSError:
-        return "unknown"
-    return proc.stdout.strip() or "unknown"
 
 
 def median(xs: list[float]) -> float:
@@ -361,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sessions, args.rounds = 1, 5
         args.fixed_pairs, args.mixed_pairs = 20_000, 10_000
 
-    revision = git_revision()  # before the run: the checkout may change meanwhile
+    revision = peers.git_revision()  # before the run: the checkout may change meanwhile
     from realalloc.sizeclasses import CLASS_TO_SIZE
 
     class_sizes = ",".join(str(s) for s in CLASS_TO_SIZE[1:])
@@ -448,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         f"malloc/free pairs from Python: ns per pair, median of {nrounds} rounds "
         f"({args.fixed_pairs} pairs/round fixed64, {args.mixed_pairs} mixed, live set {args.live})"
     )
-    print(f"realalloc at {revision}, Python {platform.python_version()}, {cpu_model()}")
+    print(f"realalloc at {revision}, Python {platform.python_version()}, {peers.cpu_model()}")
     print(
         "/cffi, /capi = allocator / glibc through cffi (the issue's reference) or through "
         "the C API (Heap.malloc's calling convention), measured in the same processes"
@@ -527,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmark": "malloc",
                     "python": platform.python_version(),
                     "revision": revision,
-                    "cpu": cpu_model(),
+                    "cpu": peers.cpu_model(),
                     "cpus": os.cpu_count(),
                     "sessions": args.sessions,
                     "rounds_per_session": args.rounds,

@@ -57,6 +57,8 @@ import importlib
 import io
 import os
 import pathlib
+import platform
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -475,3 +477,29 @@ if __name__ == "__main__":
 
         for peer_name in PEERS:
             subprocess.run([sys.executable, __file__, peer_name], check=True)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the benchmark headers."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_revision() -> str:
+    """``git describe --always --dirty`` of the checkout, or "unknown"."""
+    try:
+        proc = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
+    except OSError:
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
