@@ -207,22 +207,39 @@ def capi_source(peer: Peer, modname: str) -> str:
         + _PRELUDE
         + peer.decls
         + r"""
-/* malloc(size) -> int: METH_FASTCALL | METH_KEYWORDS, as HeapBase.malloc. */
-static PyObject *py_malloc(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
-                           PyObject *kwnames) {
-    (void)self;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || kwnames || !PyLong_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "malloc() takes one int");
-        return NULL;
+/* The argument handling of HeapBase.malloc and .free, shared by the real and
+ * the no-op entry points.  Return 0 and the value, or -1 with an exception. */
+static int size_arg(const char *name, PyObject *const *args, Py_ssize_t nargsf,
+                    PyObject *kwnames, size_t *out) {
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames || !PyLong_CheckExact(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s() takes one int", name);
+        return -1;
     }
     int overflow;
     long long size = PyLong_AsLongLongAndOverflow(args[0], &overflow);
     if (overflow || size < 0) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad size");
-        return NULL;
+        return -1;
     }
-    size_t n = (size_t)size;
+    *out = (size_t)size;
+    return 0;
+}
+
+static int addr_arg(const char *name, PyObject *arg, uintptr_t *out) {
+    if (!PyLong_CheckExact(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes one int", name);
+        return -1;
+    }
+    *out = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
+    return *out == (uintptr_t)-1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* malloc(size) -> int: METH_FASTCALL | METH_KEYWORDS, as HeapBase.malloc. */
+static PyObject *py_malloc(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                           PyObject *kwnames) {
+    (void)self;
+    size_t n;
+    if (size_arg("malloc", args, nargsf, kwnames, &n) < 0) return NULL;
     void *p = ALLOC;
     if (!p) return PyErr_NoMemory();
     return PyLong_FromUnsignedLongLong((uintptr_t)p);
@@ -231,12 +248,8 @@ static PyObject *py_malloc(PyObject *self, PyObject *const *args, Py_ssize_t nar
 /* free(addr): METH_O, as HeapBase.free. */
 static PyObject *py_free(PyObject *self, PyObject *arg) {
     (void)self;
-    if (!PyLong_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "free() takes one int");
-        return NULL;
-    }
-    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
-    if (addr == (uintptr_t)-1 && PyErr_Occurred()) return NULL;
+    uintptr_t addr;
+    if (addr_arg("free", arg, &addr) < 0) return NULL;
     void *p = (void *)addr;
     FREE;
     Py_RETURN_NONE;
@@ -245,28 +258,15 @@ static PyObject *py_free(PyObject *self, PyObject *arg) {
 static PyObject *py_nop_malloc(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
                                PyObject *kwnames) {
     (void)self;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || kwnames || !PyLong_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "nop_malloc() takes one int");
-        return NULL;
-    }
-    int overflow;
-    long long size = PyLong_AsLongLongAndOverflow(args[0], &overflow);
-    if (overflow || size < 0) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bad size");
-        return NULL;
-    }
-    return PyLong_FromUnsignedLongLong(0x7f0000000000ull + (uintptr_t)size);
+    size_t n;
+    if (size_arg("nop_malloc", args, nargsf, kwnames, &n) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(0x7f0000000000ull + (uintptr_t)n);
 }
 
 static PyObject *py_nop_free(PyObject *self, PyObject *arg) {
     (void)self;
-    if (!PyLong_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "nop_free() takes one int");
-        return NULL;
-    }
-    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
-    if (addr == (uintptr_t)-1 && PyErr_Occurred()) return NULL;
+    uintptr_t addr;
+    if (addr_arg("nop_free", arg, &addr) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
