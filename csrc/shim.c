@@ -116,8 +116,6 @@ int ra_resident(uintptr_t addr, size_t size, size_t *out) {
 
 void ra_memzero(uintptr_t addr, size_t size) { memset((void *)addr, 0, size); }
 
-int64_t ra_span_next_free(ra_span *s) { return ra_next_free(s); }
-
 uint32_t ra_span_sweep(ra_span *s) {
     ra_sweep(s);
     return s->nelems - s->alloc_count;

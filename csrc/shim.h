@@ -185,7 +185,6 @@ int64_t ra_fault_hits(int op);
  * Python and the CPython fast path (csrc/fastpath.c) run the same code. */
 #define RA_FREE_OK 0   /* freed */
 #define RA_FREE_SLOW 2 /* not a small live object of this heap: Python decides */
-int64_t ra_span_next_free(ra_span *s);
 uint32_t ra_span_sweep(ra_span *s); /* returns the free slots after the sweep */
 int ra_span_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c);
 uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero);

@@ -71,7 +71,6 @@ from .sizeclasses import (
     SIZE_TO_CLASS8,
     SIZE_TO_CLASS128,
     TINY_SIZE,
-    make_span_class,
     size_to_class,
     tiny_align,
 )
@@ -186,11 +185,7 @@ class Heap(_fast.HeapBase):
                 self._freed_large.pop(span.base, None)
             return span.base
         cache = self._my_cache()
-        spc = (
-            _TINY_SPAN_CLASS
-            if noscan and size < TINY_SIZE
-            else make_span_class(size_to_class(size) or 1, noscan)
-        )
+        spc = lib.ra_heap_span_class_for(self.c, size, noscan)  # the fast path's own rule
         for _ in range(2):
             addr = int(lib.ra_cache_malloc(self.c, cache.c, size, noscan, zero))
             if addr:

@@ -252,8 +252,13 @@ class _Totals:
         self.report_counts = [0] * 6  # mallocs frees cross verifies bytes failed
 
 
-def _first_difference(a: bytes, b: bytes) -> int:
-    return next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+def _inspect(addr: int, size: int, seq: int, when: str, thread: str) -> Corruption | None:
+    """The corruption found in the object at ``addr``, or None if it holds its pattern."""
+    got, want = ctypes.string_at(addr, size), _pattern(addr, seq, size)
+    if got == want:
+        return None
+    offset = next(i for i, (x, y) in enumerate(zip(got, want, strict=True)) if x != y)
+    return Corruption(addr, size, seq, offset, when, thread)
 
 
 def _worker(
@@ -277,13 +282,9 @@ def _worker(
     corruptions: list[Corruption] = []
 
     def verify(addr: int, size: int, s: int, when: str, thread: str = name) -> None:
-        got = ctypes.string_at(addr, size)
-        want = _pattern(addr, s, size)
         counts[3] += 1
-        if got != want:
-            corruptions.append(
-                Corruption(addr, size, s, _first_difference(got, want), when, thread)
-            )
+        if (bad := _inspect(addr, size, s, when, thread)) is not None:
+            corruptions.append(bad)
 
     def release(item: tuple[int, int, int], when: str) -> None:
         addr, size, s = item
@@ -425,13 +426,8 @@ def run_stress(cfg: StressConfig, *, progress: TextIO | None = None) -> StressRe
             addr, size, s, owner = handoff.get_nowait()
         except queue.Empty:
             break
-        got = ctypes.string_at(addr, size)
-        if got != _pattern(addr, s, size):
-            report.corruptions.append(
-                Corruption(
-                    addr, size, s, _first_difference(got, _pattern(addr, s, size)), "final", owner
-                )
-            )
+        if (bad := _inspect(addr, size, s, "final", owner)) is not None:
+            report.corruptions.append(bad)
         heap.free(addr)
         totals.report_counts[1] += 1
         totals.report_counts[2] += 1
