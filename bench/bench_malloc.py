@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fixed_pairs, args.mixed_pairs = 20_000, 10_000
 
     revision = peers.git_revision()  # before the run: the checkout may change meanwhile
-    from realalloc.sizeclasses import CLASS_TO_SIZE
+    from realalloc.core.sizeclasses import CLASS_TO_SIZE
 
     class_sizes = ",".join(str(s) for s in CLASS_TO_SIZE[1:])
 

@@ -1,6 +1,6 @@
 """Page allocator: cost of alloc/free on a fragmented 64 MiB page heap vs a 64 GiB one.
 
-The radix tree of summaries (realalloc/pagealloc.py) should make a first-fit
+The radix tree of summaries (realalloc/core/pagealloc.py) should make a first-fit
 search cost the same whatever the heap size; this measures it.  Standalone
 mode: the PageAlloc manages address space only and touches no memory.
 
@@ -25,8 +25,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from realalloc.pagealloc import PageAlloc
-from realalloc.pallocbits import PAGE_SHIFT, PAGE_SIZE
+from realalloc.core.pagealloc import PageAlloc
+from realalloc.core.pallocbits import PAGE_SHIFT, PAGE_SIZE
 
 HEAP_BASE = 0xC000000000
 """Go's first arena hint on linux/amd64; aligned to a 16 GiB root entry."""

@@ -2,7 +2,7 @@
  * realalloc OS shim: the only C in realalloc that talks to the kernel.
  *
  * See realalloc/__init__.py for an overview of the allocator and
- * realalloc/osmem.py for the Python side of this contract (osmem.py is the
+ * realalloc/core/osmem.py for the Python side of this contract (osmem.py is the
  * only module that imports the compiled shim).
  *
  * The shim keeps no policy and no accounting and never aborts: every call
@@ -70,7 +70,7 @@
  * still filling the block.  The block is freed when the word becomes 0. */
 #define RA_TINY_HELD 0x80000000
 
-/* One span: a run of pages (Go: mspan).  Python (realalloc/span.py) owns and
+/* One span: a run of pages (Go: mspan).  Python (realalloc/core/span.py) owns and
  * initialises it; C code reaches it from an address through the arena map.
  * Fields marked [owner] are written only by the thread whose mcache holds
  * the span (cached == 1) or, when uncached, under the span class's central
@@ -144,7 +144,7 @@ typedef struct ra_heap_arena {
 /* The process-wide arena index (Go: mheap_.arenas): arena number
  * (address >> RA_ARENA_SHIFT) split into L1 and L2 parts.  Each L1 entry is
  * NULL or an array of 2^RA_ARENA_L2_BITS arena pointers.  Python fills it in
- * (realalloc/arena.py) under the arena-index lock; C only reads it. */
+ * (realalloc/core/arena.py) under the arena-index lock; C only reads it. */
 extern ra_heap_arena **ra_arena_l1[64];
 
 /* Version of the package this shim was compiled for ("0.1.0"). */

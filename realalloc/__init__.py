@@ -101,6 +101,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .core.heap import Buffer, Heap
+from .core.mheap import MHeap
+from .core.osmem import fault_hits, inject_faults
+from .core.pagealloc import PageAlloc
+from .core.pagecache import PageCache
+from .core.rss import rss
+from .core.sizeclasses import roundupsize, size_to_class
+from .core.span import MSpan, SpanInfo, SpanState
+from .core.stats import MemoryReport, MemStats, SizeClassStats
 from .errors import (
     ArgumentTypeError,
     BufferFreedError,
@@ -115,15 +124,6 @@ from .errors import (
     RealAllocError,
     ShimError,
 )
-from .heap import Buffer, Heap
-from .mheap import MHeap
-from .osmem import fault_hits, inject_faults
-from .pagealloc import PageAlloc
-from .pagecache import PageCache
-from .rss import rss
-from .sizeclasses import roundupsize, size_to_class
-from .span import MSpan, SpanInfo, SpanState
-from .stats import MemoryReport, MemStats, SizeClassStats
 
 _default_heap = Heap()
 malloc = _default_heap.malloc

@@ -1,3 +1,3 @@
-from realalloc._cli import main
+from realalloc.tools.cli import main
 
 raise SystemExit(main())

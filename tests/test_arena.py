@@ -2,9 +2,9 @@
 
 import pytest
 
-from realalloc.arena import ARENA_SHIFT, ARENAS, HeapArena
+from realalloc.core.arena import ARENA_SHIFT, ARENAS, HeapArena
+from realalloc.core.osmem import ffi
 from realalloc.errors import InvalidArgumentError
-from realalloc.osmem import ffi
 
 
 def test_add_lookup_remove_fake_arenas_across_l1_entries():

@@ -18,7 +18,7 @@ import pytest
 from support import M64, pattern
 
 import realalloc
-from realalloc.sizeclasses import PAGE_SIZE, roundupsize, tiny_align
+from realalloc.core.sizeclasses import PAGE_SIZE, roundupsize, tiny_align
 
 LARGE = 100000  # a large object: its span disappears the moment it is freed
 

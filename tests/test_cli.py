@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from realalloc._cli import main
-from realalloc.sizeclasses import size_classes
+from realalloc.core.sizeclasses import size_classes
+from realalloc.tools.cli import main
 
 
 def test_classes_prints_one_row_per_class_in_gos_column_order(capsys):

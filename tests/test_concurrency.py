@@ -22,7 +22,7 @@ from collections.abc import Callable
 import pytest
 
 import realalloc
-from realalloc.sizeclasses import MAX_SMALL_SIZE, TINY_SIZE
+from realalloc.core.sizeclasses import MAX_SMALL_SIZE, TINY_SIZE
 
 NTHREADS = 8
 JOIN_TIMEOUT = 60.0

@@ -20,7 +20,7 @@ What must agree, and why:
 * roundupsize for every size 1..32768, read from Go through append's capacity
   (growslice allocates roundupsize(n) bytes when appending n bytes to a nil
   []byte and reports all of them as capacity), against
-  realalloc.sizeclasses.roundupsize and Heap.usable_size.
+  realalloc.core.sizeclasses.roundupsize and Heap.usable_size.
 
 Go's allocator changed in Go 1.22 (a malloc header in objects with pointers over
 512 bytes), so only Go 1.19 .. 1.21, whose malloc realalloc reproduces, is used.
@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 
 import realalloc
-from realalloc.sizeclasses import (
+from realalloc.core.sizeclasses import (
     CLASS_TO_SIZE,
     MAX_SMALL_SIZE,
     NUM_SIZE_CLASSES,

@@ -18,7 +18,7 @@ from itertools import pairwise
 import pytest
 
 import realalloc
-from realalloc.sizeclasses import (
+from realalloc.core.sizeclasses import (
     CLASS_TO_NPAGES,
     CLASS_TO_SIZE,
     MAX_SMALL_SIZE,

@@ -21,7 +21,7 @@ from hypothesis.stateful import (
 )
 
 import realalloc
-from realalloc.sizeclasses import MAX_SMALL_SIZE, PAGE_SIZE, roundupsize, tiny_align
+from realalloc.core.sizeclasses import MAX_SMALL_SIZE, PAGE_SIZE, roundupsize, tiny_align
 
 M64 = (1 << 64) - 1
 

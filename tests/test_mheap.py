@@ -8,8 +8,11 @@ import threading
 
 import pytest
 
-from realalloc import osmem
-from realalloc.arena import ARENAS
+from realalloc.core import osmem
+from realalloc.core.arena import ARENAS
+from realalloc.core.mheap import MAX_PAGES, MHeap
+from realalloc.core.osmem import ARENA_BYTES, PAGE_SIZE, resident_bytes
+from realalloc.core.span import SpanState
 from realalloc.errors import (
     ArgumentTypeError,
     HeapClosedError,
@@ -17,9 +20,6 @@ from realalloc.errors import (
     OutOfMemoryError,
     ShimError,
 )
-from realalloc.mheap import MAX_PAGES, MHeap
-from realalloc.osmem import ARENA_BYTES, PAGE_SIZE, resident_bytes
-from realalloc.span import SpanState
 
 MIB = 1 << 20
 

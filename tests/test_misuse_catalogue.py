@@ -28,9 +28,9 @@ import pytest
 from support import Population, addr_re
 
 import realalloc
-from realalloc.osmem import PAGE_SIZE
-from realalloc.sizeclasses import roundupsize, size_to_class
-from realalloc.stress import StressConfig, load_replay
+from realalloc.core.osmem import PAGE_SIZE
+from realalloc.core.sizeclasses import roundupsize, size_to_class
+from realalloc.tools.stress import StressConfig, load_replay
 
 MIB = 1 << 20
 M64 = (1 << 64) - 1

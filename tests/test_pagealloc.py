@@ -11,9 +11,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from realalloc.core.pagealloc import MAX_SEARCH_ADDR, AddrRange, PageAlloc
+from realalloc.core.pallocbits import (
+    ADDR_LIMIT,
+    CHUNK_BYTES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PAGES_PER_CHUNK,
+)
 from realalloc.errors import ArgumentTypeError, HeapCorruption, InvalidArgumentError
-from realalloc.pagealloc import MAX_SEARCH_ADDR, AddrRange, PageAlloc
-from realalloc.pallocbits import ADDR_LIMIT, CHUNK_BYTES, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK
 
 P = PAGES_PER_CHUNK
 B = 0xC000

@@ -7,9 +7,9 @@ import random
 import pytest
 from test_pagealloc import BIG_JUMP, Desc, assert_same_pages, make_page_alloc, page_base
 
+from realalloc.core.pagecache import PAGE_CACHE_BYTES, PageCache
+from realalloc.core.pallocbits import PAGE_SIZE, PAGES_PER_CHUNK
 from realalloc.errors import ArgumentTypeError, InvalidArgumentError
-from realalloc.pagecache import PAGE_CACHE_BYTES, PageCache
-from realalloc.pallocbits import PAGE_SIZE, PAGES_PER_CHUNK
 
 P = PAGES_PER_CHUNK
 B = 0xC000

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from realalloc.pallocbits import (
+from realalloc.core.pallocbits import (
     ALLOCATED_SUM,
     CHUNK_MASK,
     FREE_CHUNK_SUM,

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 import pytest
 
 import realalloc
-from realalloc import osmem
-from realalloc.sizeclasses import PAGE_SIZE
+from realalloc.core import osmem
+from realalloc.core.sizeclasses import PAGE_SIZE
 
 MIB = 1 << 20
 resident = osmem.resident_bytes

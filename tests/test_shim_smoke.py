@@ -4,9 +4,9 @@ import errno
 
 import pytest
 
-from realalloc import osmem
+from realalloc.core import osmem
+from realalloc.core.osmem import ARENA_BYTES, OSMem, ffi, lib, resident_bytes
 from realalloc.errors import InvalidArgumentError, ShimError
-from realalloc.osmem import ARENA_BYTES, OSMem, ffi, lib, resident_bytes
 
 
 def test_shim_version_matches_package():

@@ -25,7 +25,7 @@ import pytest
 
 import realalloc
 from realalloc import HeapCorruption, MemoryReport, MemStats, SizeClassStats, SpanState
-from realalloc.sizeclasses import (
+from realalloc.core.sizeclasses import (
     CLASS_TO_SIZE,
     MAX_SMALL_SIZE,
     NUM_SIZE_CLASSES,

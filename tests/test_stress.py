@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 import realalloc
-from realalloc import stress
-from realalloc._cli import main
-from realalloc.sizeclasses import CLASS_TO_SIZE, MAX_SMALL_SIZE, size_to_class
+from realalloc.core.sizeclasses import CLASS_TO_SIZE, MAX_SMALL_SIZE, size_to_class
+from realalloc.tools import stress
+from realalloc.tools.cli import main
 
 MIB = 1 << 20
 FAULT_OPS = ("reserve", "commit", "release")

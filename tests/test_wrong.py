@@ -13,7 +13,7 @@ import pytest
 from support import Population, addr_re
 
 import realalloc
-from realalloc.sizeclasses import PAGE_SIZE
+from realalloc.core.sizeclasses import PAGE_SIZE
 
 MIB = 1 << 20
 

@@ -33,11 +33,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, TextIO
 
-from .errors import InvalidArgumentError, OutOfMemoryError, require_int
-from .heap import Heap
-from .osmem import fault_hits, inject_faults
-from .rss import rss
-from .sizeclasses import CLASS_TO_SIZE, MAX_SMALL_SIZE
+from ..core.heap import Heap
+from ..core.osmem import fault_hits, inject_faults
+from ..core.rss import rss
+from ..core.sizeclasses import CLASS_TO_SIZE, MAX_SMALL_SIZE
+from ..errors import InvalidArgumentError, OutOfMemoryError, require_int
 
 __all__ = ["DISTRIBUTIONS", "StressConfig", "StressReport", "load_replay", "run_stress"]
 

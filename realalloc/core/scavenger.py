@@ -27,7 +27,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
-from .errors import HeapClosedError, ShimError
+from ..errors import HeapClosedError, ShimError
 
 if TYPE_CHECKING:
     from .heap import Heap

@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .errors import HeapCorruption
+from ..errors import HeapCorruption
 
 __all__ = ["MemStats", "MemoryReport", "SizeClassStats"]
 

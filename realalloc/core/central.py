@@ -43,9 +43,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final
 
-from . import _debug
-from ._debug import assert_lock_held, new_lock
-from .errors import HeapCorruption
+from .. import _debug
+from .._debug import assert_lock_held, new_lock
+from ..errors import HeapCorruption
 from .osmem import PAGE_SIZE, lib
 from .sizeclasses import CLASS_TO_NPAGES, CLASS_TO_SIZE
 from .span import MSpan, SpanList, SpanState, check_span

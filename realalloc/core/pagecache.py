@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .errors import InvalidArgumentError, require_int
+from ..errors import InvalidArgumentError, require_int
 from .pallocbits import ADDR_LIMIT, PAGE_SHIFT, PAGE_SIZE, find_bit_range, range_mask
 
 if TYPE_CHECKING:

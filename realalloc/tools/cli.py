@@ -9,11 +9,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .errors import RealAllocError
-from .mheap import MHeap
-from .osmem import PAGE_SIZE
-from .rss import rss
-from .sizeclasses import format_class_table
+from ..core.mheap import MHeap
+from ..core.osmem import PAGE_SIZE
+from ..core.rss import rss
+from ..core.sizeclasses import format_class_table
+from ..errors import RealAllocError
 from .stress import add_arguments as add_stress_arguments
 from .stress import stress_main
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Final
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .osmem import ffi, lib
 
 __all__ = ["ARENAS", "ARENA_SHIFT", "HEAP_ADDR_BITS", "PAGES_PER_ARENA", "ArenaIndex", "HeapArena"]

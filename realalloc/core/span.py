@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
-from .errors import HeapCorruption
+from ..errors import HeapCorruption
 from .osmem import PAGE_SIZE, ffi, lib
 
 __all__ = ["MSpan", "SpanInfo", "SpanList", "SpanState", "check_span"]

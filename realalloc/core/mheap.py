@@ -39,16 +39,16 @@ from typing import Any, Final
 
 import psutil
 
-from . import _debug
-from ._debug import assert_lock_held, new_lock
-from .arena import ARENAS, PAGES_PER_ARENA, HeapArena
-from .errors import (
+from .. import _debug
+from .._debug import assert_lock_held, new_lock
+from ..errors import (
     HeapClosedError,
     HeapCorruption,
     InvalidArgumentError,
     OutOfMemoryError,
     require_int,
 )
+from .arena import ARENAS, PAGES_PER_ARENA, HeapArena
 from .fixalloc import SLAB_BYTES, FixAlloc
 from .osmem import ARENA_BYTES, PAGE_SIZE, OSMem, ffi, lib
 from .pagealloc import PageAlloc

@@ -4,7 +4,7 @@ This module owns the mapping from a requested object size to a *size class*:
 the fixed object size an allocation is rounded up to, and how many 8 KiB pages
 a span of that class spans.  Class 0 is not a real class; it stands for size 0
 and for large objects (more than MAX_SMALL_SIZE bytes), which get whole pages.
-The tables themselves live in the generated module realalloc/_sizetables.py
+The tables themselves live in the generated module realalloc/core/_sizetables.py
 (written by tools/mksizeclasses.py); this module re-exports them and adds the
 lookups, the span-class encoding, the tiny-allocator alignment rule and a
 printable table (``python -m realalloc classes``).
@@ -29,7 +29,7 @@ them at run time and raises HeapCorruption whose message starts with the ID):
   inverse; span classes are 0 <= spc < NUM_SPAN_CLASSES.
 * SC-7: roundupsize(n) >= n; for small n it is class_to_size(size_to_class(n)),
   for large n the next multiple of PAGE_SIZE.
-* SC-8: realalloc/_sizetables.py is exactly what tools/mksizeclasses.py writes.
+* SC-8: realalloc/core/_sizetables.py is exactly what tools/mksizeclasses.py writes.
 
 Concurrency: no locks.  Everything here is an immutable table or a pure
 function, safe to use from any thread.
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Final
 
-from realalloc._sizetables import (
+from realalloc.core._sizetables import (
     CLASS_TO_DIVMAGIC,
     CLASS_TO_NPAGES,
     CLASS_TO_SIZE,
@@ -257,7 +257,7 @@ def format_class_table() -> str:
     """Return the size-class table as text: a header line, then one row per class.
 
     Columns: class, bytes/obj, bytes/span, objects, tail waste, max waste,
-    min align; the same layout as the comment in realalloc/_sizetables.py.
+    min align; the same layout as the comment in realalloc/core/_sizetables.py.
     No trailing newline.
     """
     widths = [len(h) for h in _HEADINGS]

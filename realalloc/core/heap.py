@@ -43,11 +43,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-from . import __version__, _fast
-from .arena import ARENAS
-from .cache import MCache
-from .central import MCentral
-from .errors import (
+from .. import __version__, _fast
+from ..errors import (
     ArgumentTypeError,
     BufferFreedError,
     DoubleFreeError,
@@ -59,6 +56,9 @@ from .errors import (
     OutOfMemoryError,
     require_int,
 )
+from .arena import ARENAS
+from .cache import MCache
+from .central import MCentral
 from .mheap import MAX_PAGES, MHeap
 from .osmem import PAGE_SIZE, ffi, lib
 from .rss import rss, uss

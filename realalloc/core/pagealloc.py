@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final
 
-from .errors import HeapCorruption, InvalidArgumentError, require_int
+from ..errors import HeapCorruption, InvalidArgumentError, require_int
 from .pagecache import PAGE_CACHE_BYTES, PAGE_CACHE_MASK, PAGE_CACHE_PAGES, PageCache
 from .pallocbits import (
     ADDR_LIMIT,

@@ -28,11 +28,11 @@ import threading
 from dataclasses import dataclass
 from typing import Final
 
-from . import __version__
-from .errors import InvalidArgumentError, ShimError, require_int
+from .. import __version__
+from ..errors import InvalidArgumentError, ShimError, require_int
 
 try:
-    from ._shim import ffi, lib
+    from .._shim import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise ImportError(
         "realalloc's C shim (realalloc._shim) is not built; install the package with "

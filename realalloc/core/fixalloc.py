@@ -32,7 +32,7 @@ import heapq
 from array import array
 from typing import Any, Final
 
-from .errors import OutOfMemoryError
+from ..errors import OutOfMemoryError
 from .osmem import OS_PAGE_SIZE, OSMem, ffi
 
 __all__ = ["SLAB_BYTES", "FixAlloc"]
