@@ -1,8 +1,9 @@
 """Build script for realalloc's two C extensions.
 
 * ``realalloc._shim`` (cffi, API mode, out of line): the OS calls and the
-  span kernels exported to Python.  The cdef is read from csrc/shim.h between
-  the CDEF markers, so the header is the one interface and cannot drift.
+  kernels exported to Python.  The cdef is read between the CDEF markers of
+  csrc/sizeclasses.h (generated constants) and csrc/shim.h (the interface),
+  so the headers are the one declaration and cannot drift.
 * ``realalloc._fast`` (CPython API): the malloc/free entry points and the
   Buffer type; see the header comment of csrc/fastpath.c for why.
 
@@ -21,21 +22,27 @@ from setuptools import Extension
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra"]
+CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
 def package_version() -> str:
-    text = (ROOT / "pyproject.toml").read_text()
-    match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+    text = (ROOT / "realalloc" / "_version.py").read_text()
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.MULTILINE)
     if match is None:
-        raise RuntimeError("no version in pyproject.toml")
+        raise RuntimeError("no __version__ in realalloc/_version.py")
     return match.group(1)
 
 
+HEADERS = ("sizeclasses.h", "shim.h", "spanbits.h", "pages.h", "central.h")
+
+
 def _cdef() -> str:
-    header = (HERE / "shim.h").read_text()
-    body = header.split("/* CDEF BEGIN")[1].split("/* CDEF END */")[0]
-    return body.split("*/", 1)[1]
+    parts = []
+    for name in ("sizeclasses.h", "shim.h"):
+        header = (HERE / name).read_text()
+        body = header.split("/* CDEF BEGIN")[1].split("/* CDEF END */")[0]
+        parts.append(body.split("*/", 1)[1])
+    return "\n".join(parts)
 
 
 _VERSION_MACRO = [("RA_PACKAGE_VERSION", f'"{package_version()}"')]
@@ -47,6 +54,7 @@ ffibuilder.set_source(
     '#include "shim.h"',
     sources=[str((HERE / "shim.c").relative_to(ROOT))],
     include_dirs=[str(HERE.relative_to(ROOT))],
+    depends=[str((HERE / name).relative_to(ROOT)) for name in HEADERS],
     define_macros=_VERSION_MACRO,
     extra_compile_args=CFLAGS,
 )
@@ -57,7 +65,7 @@ def fast_extension() -> Extension:
         "realalloc._fast",
         sources=[str((HERE / "fastpath.c").relative_to(ROOT))],
         include_dirs=[str(HERE.relative_to(ROOT))],
-        depends=[str((HERE / name).relative_to(ROOT)) for name in ("shim.h", "spanbits.h")],
+        depends=[str((HERE / name).relative_to(ROOT)) for name in HEADERS],
         define_macros=_VERSION_MACRO,
         extra_compile_args=CFLAGS,
     )

@@ -1,195 +1,259 @@
 /*
- * realalloc._fast: the CPython entry points of the allocation fast path.
- * See realalloc/__init__.py for the overview and csrc/spanbits.h for the
- * kernels these call.
- *
- * Why a CPython extension beside the cffi shim: a cffi function takes no
- * keyword arguments, pays tuple packing for two or more arguments, and
- * cannot raise a Python exception.  HeapBase.malloc(size, *, scan, zero) and
- * HeapBase.free(addr) must each be one call with no Python code on the way
- * and must raise realalloc's own errors.  So they are vectorcall methods
- * here; on any miss, error or unusual argument they call the Python slow
- * path (Heap._refill, Heap._malloc_slow, Heap._free_slow), which owns
- * every decision and every message.
- *
- * Buffer is the object returned by Heap.alloc: a buffer-protocol view of
- * one allocation that counts its exports, so free() while a memoryview or
- * array still uses the memory raises BufferError, as mmap.close() does.
- *
- * Thread-local caches: tls_cache[slot] holds this thread's ra_mcache for the
- * heap in that slot, tagged with the heap's unique generation so a closed
- * heap's slot reused by a new heap never matches.  Only the owning thread
- * reads or writes its entries: no lock.
+ * realalloc._fast: the CPython entry points (typed in realalloc/_fast.pyi).
+ * A CPython extension beside the cffi module because a cffi function takes no
+ * keywords, packs tuples, releases the GIL and cannot raise.  The fast path
+ * runs C only; Python runs in the three slow paths Heap declares, resolved
+ * once by _attach.  Life cycle (active calls, stopping the world, Buffers):
+ * see realalloc/core/heap.py.  A thread already inside the heap never waits
+ * for a stop (it would wait for itself).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
+#include <structmember.h>
+#include <time.h>
 
-#include "spanbits.h"
+#include "central.h"
 
-static __thread struct {
+#define RA_STOPPED 1u /* h->stopped bits */
+#define RA_CLOSED 2u
+#define RA_TRACEMALLOC_DOMAIN 0x7261 /* "ra": realalloc's tracemalloc domain */
+
+/* This thread's slot for each heap, tagged with the heap's generation so a
+ * slot reused by a newer heap starts afresh.  Only the owning thread touches
+ * it.  initial-exec: one pointer of static TLS, no __tls_get_addr call. */
+typedef struct {
     uint64_t gen;
     ra_mcache *cache;
-} tls_cache[RA_MAX_HEAPS];
+    uint64_t depth; /* this thread's calls inside the heap */
+} ra_tls_slot;
 
-static PyObject *str_malloc_slow, *str_free_slow, *str_refill, *str_free, *str_scan,
-    *str_zero;
-static PyObject *freed_buffer_error; /* realalloc.errors.BufferFreedError, set by Python */
+static __thread ra_tls_slot *tls_slots __attribute__((tls_model("initial-exec")));
+static pthread_key_t tls_key;
+
+static PyObject *err_closed, *err_reentrant, *err_freed, *err_type; /* set_errors() */
+static PyObject *str_scan, *str_zero;
+
+static ra_tls_slot *my_slot(const ra_heap *h) {
+    if (!tls_slots) {
+        tls_slots = calloc(RA_MAX_HEAPS, sizeof *tls_slots);
+        if (!tls_slots) return NULL;
+        pthread_setspecific(tls_key, tls_slots); /* freed when the thread ends */
+    }
+    ra_tls_slot *t = &tls_slots[h->slot];
+    if (t->gen != h->gen) *t = (ra_tls_slot){h->gen, NULL, 0};
+    return t;
+}
+
+typedef struct Buffer Buffer;
+enum { SLOW_MALLOC, SLOW_FREE, SLOW_GROW }; /* Heap._malloc_slow, _free_slow, _grow_central */
 
 typedef struct {
     PyObject_HEAD
-    ra_heap *h;               /* NULL until _bind */
-    ra_heap_arena **const *l1; /* the shim's arena index */
+    ra_heap *h;               /* NULL until _attach */
+    PyObject *slow[3];        /* the declared slow paths, by SLOW_* */
+    int64_t active;           /* calls inside the heap, all threads */
+    unsigned long stw_owner;  /* thread that stopped the world */
+    int stw_depth;
+    Buffer *buffers;          /* live Buffers */
     PyObject *weakrefs;
 } HeapBase;
 
-static inline ra_mcache *my_cache(ra_heap *h) {
-    return tls_cache[h->slot].gen == h->gen ? tls_cache[h->slot].cache : NULL;
+struct Buffer {
+    PyObject_HEAD
+    HeapBase *heap;           /* kept alive while the buffer lives */
+    uintptr_t addr;
+    Py_ssize_t size;
+    Py_ssize_t exports;       /* live views of the memory */
+    char freed;
+    Buffer *prev, *next;      /* the heap's list */
+    PyObject *weakrefs;
+};
+
+/* ---- entering, waiting, stopping ---------------------------------------- */
+
+static int stopped_by_other(HeapBase *self) {
+    return (self->h->stopped & RA_STOPPED) && self->stw_owner != PyThread_get_thread_ident();
 }
 
-/* self.<name>(*args, **kwnames) with vectorcall arguments. */
-static PyObject *call_slow(PyObject *self, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames) {
+static int others_active(HeapBase *self) {
+    ra_tls_slot *t = my_slot(self->h);
+    return t && self->active > (int64_t)t->depth;
+}
+
+/* Wait, GIL released, while busy(self); signal handlers run meanwhile. */
+static int wait_while(HeapBase *self, int (*busy)(HeapBase *)) {
+    long ns = 20000;
+    while (busy(self)) {
+        Py_BEGIN_ALLOW_THREADS
+        nanosleep(&(struct timespec){0, ns}, NULL);
+        Py_END_ALLOW_THREADS
+        if (ns < 1000000) ns *= 2;
+        if (PyErr_CheckSignals() < 0) return -1;
+    }
+    return 0;
+}
+
+static int heap_enter(HeapBase *self) {
+    ra_tls_slot *t = self->h ? my_slot(self->h) : NULL;
+    if (!t) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!t->depth && wait_while(self, stopped_by_other) < 0) return -1;
+    if (self->h->stopped & RA_CLOSED) {
+        PyErr_SetString(err_closed, "the heap is closed");
+        return -1;
+    }
+    self->active++;
+    t->depth++;
+    return 0;
+}
+
+static void heap_leave(HeapBase *self) {
+    self->active--;
+    my_slot(self->h)->depth--;
+}
+
+/* func(self, *args, **kwnames) inside the heap. */
+static PyObject *call_slow(HeapBase *self, PyObject *func, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames) {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
-    if (1 + nargs + nkw > 8) {
-        PyErr_SetString(PyExc_TypeError, "malloc() takes one size and the keywords scan and zero");
-        return NULL;
-    }
-    stack[0] = self;
+    if (!func) return PyErr_Format(PyExc_RuntimeError, "heap is not attached");
+    if (1 + nargs + nkw > 8) return PyErr_Format(err_type, "too many arguments");
+    if (heap_enter(self) < 0) return NULL;
+    stack[0] = (PyObject *)self;
     for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[1 + i] = args[i];
-    return PyObject_VectorcallMethod(name, stack, (1 + nargs) | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                     kwnames);
+    PyObject *r = PyObject_Vectorcall(func, stack, 1 + nargs, kwnames);
+    heap_leave(self);
+    return r;
 }
 
-/* self.<name>(value) */
-static PyObject *call_with_int(PyObject *self, PyObject *name, unsigned long long value) {
-    PyObject *arg = PyLong_FromUnsignedLongLong(value);
-    if (!arg) return NULL;
-    PyObject *r = PyObject_CallMethodOneArg(self, name, arg);
-    Py_DECREF(arg);
-    return r;
+/* ---- malloc and free ----------------------------------------------------- */
+
+/* Refill the cache's span for this request (C), asking Python for spans
+ * when the class has none with room; then allocate.  0 with an exception
+ * set on failure. */
+static uintptr_t refill_and_malloc(HeapBase *self, ra_mcache *c, size_t size, int noscan, int zero) {
+    ra_heap *h = self->h;
+    uint32_t spc = ra_class_for(size, noscan);
+    for (int tries = 0; tries < 4; tries++) {
+        if (ra_refill(h, c, spc) == RA_NEED_SPANS) {
+            PyObject *arg = PyLong_FromUnsignedLong(spc);
+            PyObject *r = arg ? call_slow(self, self->slow[SLOW_GROW], &arg, 1, NULL) : NULL;
+            Py_XDECREF(arg);
+            if (!r) return 0;
+            Py_DECREF(r);
+            continue; /* the batch is on the central list now */
+        }
+        uintptr_t addr = ra_malloc_small(h, c, size, noscan, zero);
+        if (addr) return addr;
+    }
+    PyErr_Format(PyExc_AssertionError, "CACHE-1: span class %u has no free slot after refills", spc);
+    return 0;
+}
+
+/* The fast path of malloc; *slow = 1 when Python must do it. */
+static uintptr_t fast_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames, int *slow) {
+    int noscan = 1, zero = 1, overflow;
+    ra_heap *h = self->h;
+    *slow = 1;
+    if (nargs != 1 || !PyLong_CheckExact(args[0]) || !h || h->stopped) return 0;
+    for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
+        if (value != Py_True && value != Py_False) return 0;
+        if (key == str_scan) noscan = value == Py_False;
+        else if (key == str_zero) zero = value == Py_True;
+        else return 0;
+    }
+    long long size = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+    ra_tls_slot *t = my_slot(h);
+    if (overflow || size < 0 || size > RA_MAX_SMALL_SIZE || !t || !t->cache) return 0;
+    *slow = 0;
+    uintptr_t addr = ra_malloc_small(h, t->cache, (size_t)size, noscan, zero);
+    return addr ? addr : refill_and_malloc(self, t->cache, (size_t)size, noscan, zero);
+}
+
+static PyObject *track(uintptr_t addr, Py_ssize_t size) {
+    PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, addr, (size_t)size);
+    return PyLong_FromUnsignedLongLong(addr);
 }
 
 /* HeapBase.malloc(size, *, scan=False, zero=True) -> int */
 static PyObject *heap_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t nargsf,
                              PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    int noscan = 1, zero = 1;
+    int slow;
+    uintptr_t addr = fast_malloc(self, args, nargs, kwnames, &slow);
+    if (addr) return track(addr, PyLong_AsSsize_t(args[0]));
+    if (!slow) return NULL;
+    PyObject *r = call_slow(self, self->slow[SLOW_MALLOC], args, nargs, kwnames);
+    if (r && nargs >= 1 && PyLong_Check(args[0]))
+        PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, (uintptr_t)PyLong_AsUnsignedLongLong(r),
+                            (size_t)PyLong_AsSsize_t(args[0]));
+    return r;
+}
+
+/* Free the object at `arg` (`addr` its value, or 0 if it is not a plain
+ * address): 0, or -1 with an exception set. */
+static int free_addr(HeapBase *self, PyObject *arg, uintptr_t addr) {
     ra_heap *h = self->h;
-    if (nargs != 1 || !PyLong_CheckExact(args[0]) || !h || h->closed) goto slow;
-    if (kwnames) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
-            if (value != Py_True && value != Py_False) goto slow;
-            if (key == str_scan) noscan = value == Py_False;
-            else if (key == str_zero) zero = value == Py_True;
-            else goto slow;
-        }
+    ra_tls_slot *t = h && addr && !h->stopped ? my_slot(h) : NULL;
+    if (!t || ra_free(h, addr, t->cache) != RA_OK) {
+        PyObject *r = call_slow(self, self->slow[SLOW_FREE], &arg, 1, NULL);
+        if (!r) return -1;
+        Py_DECREF(r);
     }
-    int overflow;
-    long long size = PyLong_AsLongLongAndOverflow(args[0], &overflow);
-    if (overflow || size < 0 || size > RA_MAX_SMALL_SIZE) goto slow;
-    ra_mcache *c = my_cache(h);
-    if (!c) goto slow;
-    uintptr_t addr = ra_malloc_small(h, c, (size_t)size, noscan, zero);
-    if (addr) return PyLong_FromUnsignedLongLong(addr);
-    /* Miss: the span this request needs is full.  Python refills it (the
-     * policy lives there), then the same kernel runs again. */
-    uint32_t spc = ra_span_class_for(h, (size_t)size, noscan);
-    PyObject *r = call_with_int((PyObject *)self, str_refill, spc);
-    if (!r) return NULL;
-    Py_DECREF(r);
-    addr = ra_malloc_small(h, c, (size_t)size, noscan, zero);
-    if (addr) return PyLong_FromUnsignedLongLong(addr);
-slow:
-    return call_slow((PyObject *)self, str_malloc_slow, args, nargs, kwnames);
+    PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, addr);
+    return 0;
 }
 
 /* HeapBase.free(addr) -> None */
 static PyObject *heap_free(HeapBase *self, PyObject *arg) {
-    ra_heap *h = self->h;
-    if (!PyLong_CheckExact(arg) || !h || h->closed) goto slow;
-    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
-    if (addr == (uintptr_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        goto slow;
+    uintptr_t addr = PyLong_CheckExact(arg) ? (uintptr_t)PyLong_AsUnsignedLongLong(arg) : 0;
+    if (addr == (uintptr_t)-1 && PyErr_Occurred()) PyErr_Clear(), addr = 0; /* Python says why */
+    return free_addr(self, arg, addr) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+/* ---- Buffer ---------------------------------------------------------------- */
+
+static PyTypeObject BufferType;
+
+/* HeapBase.alloc(size, *, scan=False, zero=True) -> Buffer */
+static PyObject *heap_alloc(HeapBase *self, PyObject *const *args, Py_ssize_t nargsf,
+                            PyObject *kwnames) {
+    PyObject *addr_obj = heap_malloc(self, args, nargsf, kwnames);
+    if (!addr_obj) return NULL;
+    Buffer *b = PyObject_New(Buffer, &BufferType);
+    if (!b) {
+        free_addr(self, addr_obj, (uintptr_t)PyLong_AsUnsignedLongLong(addr_obj));
+        Py_DECREF(addr_obj);
+        return NULL;
     }
-    ra_span *span;
-    if (ra_free_object(h, self->l1, addr, my_cache(h), &span) == RA_FREE_OK) Py_RETURN_NONE;
-slow:
-    return PyObject_CallMethodOneArg((PyObject *)self, str_free_slow, arg);
+    b->addr = (uintptr_t)PyLong_AsUnsignedLongLong(addr_obj);
+    Py_DECREF(addr_obj);
+    b->size = PyLong_AsSsize_t(args[0]); /* malloc accepted it: an int in range */
+    b->heap = (HeapBase *)Py_NewRef(self);
+    b->exports = 0;
+    b->freed = 0;
+    b->weakrefs = NULL;
+    b->prev = NULL;
+    b->next = self->buffers;
+    if (self->buffers) self->buffers->prev = b;
+    self->buffers = b;
+    return (PyObject *)b;
 }
-
-/* HeapBase._bind(heap_address, arena_index_address): attach the C heap. */
-static PyObject *heap_bind(HeapBase *self, PyObject *args) {
-    unsigned long long h, l1;
-    if (!PyArg_ParseTuple(args, "KK", &h, &l1)) return NULL;
-    self->h = (ra_heap *)(uintptr_t)h;
-    self->l1 = (ra_heap_arena **const *)(uintptr_t)l1;
-    Py_RETURN_NONE;
-}
-
-static PyMethodDef heap_methods[] = {
-    {"malloc", (PyCFunction)(void (*)(void))heap_malloc, METH_FASTCALL | METH_KEYWORDS,
-     "malloc(size, *, scan=False, zero=True) -> int\n\nAllocate size bytes; return the address."},
-    {"free", (PyCFunction)heap_free, METH_O, "free(addr)\n\nFree the object at addr."},
-    {"_bind", (PyCFunction)heap_bind, METH_VARARGS, NULL},
-    {NULL},
-};
-
-static void heap_dealloc(HeapBase *self) {
-    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyTypeObject HeapBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "realalloc._fast.HeapBase",
-    .tp_basicsize = sizeof(HeapBase),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "C half of realalloc.Heap: the malloc/free fast path.",
-    .tp_methods = heap_methods,
-    .tp_new = PyType_GenericNew,
-    .tp_weaklistoffset = offsetof(HeapBase, weakrefs),
-    .tp_dealloc = (destructor)heap_dealloc,
-};
-
-/* ---- Buffer ------------------------------------------------------------ */
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *heap; /* the Heap; kept alive while the buffer lives */
-    uintptr_t addr;
-    Py_ssize_t size;
-    Py_ssize_t exports; /* live views of the memory */
-    int freed;
-    PyObject *weakrefs;
-} Buffer;
 
 static int buffer_usable(Buffer *self) {
     if (!self->freed) return 1;
-    PyErr_Format(freed_buffer_error ? freed_buffer_error : PyExc_ValueError,
-                 "Buffer of %zd bytes at %p was freed", self->size, (void *)self->addr);
+    PyErr_Format(err_freed, "Buffer of %zd bytes at %p was freed", self->size, (void *)self->addr);
     return 0;
 }
 
 static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *heap;
-    unsigned long long addr;
-    Py_ssize_t size;
-    static char *kwlist[] = {"heap", "address", "size", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKn", kwlist, &heap, &addr, &size)) return NULL;
-    /* The heap vouches for the memory: a live object with room for size bytes. */
-    PyObject *usable = PyObject_CallMethod(heap, "_check_buffer", "Kn", addr, size);
-    if (!usable) return NULL;
-    Py_DECREF(usable);
-    Buffer *self = (Buffer *)type->tp_alloc(type, 0);
-    if (!self) return NULL;
-    Py_INCREF(heap);
-    self->heap = heap;
-    self->addr = (uintptr_t)addr;
-    self->size = size;
-    return (PyObject *)self;
+    return PyErr_Format(err_type, "Buffer objects are made by Heap.alloc(size)");
 }
 
 static int buffer_getbuffer(Buffer *self, Py_buffer *view, int flags) {
@@ -204,7 +268,6 @@ static int buffer_getbuffer(Buffer *self, Py_buffer *view, int flags) {
 }
 
 static void buffer_releasebuffer(Buffer *self, Py_buffer *view) {
-    (void)view;
     self->exports--;
 }
 
@@ -213,64 +276,41 @@ static PyBufferProcs buffer_as_buffer = {
     (releasebufferproc)buffer_releasebuffer,
 };
 
-static PyObject *buffer_free(Buffer *self, PyObject *unused) {
-    (void)unused;
-    if (!buffer_usable(self)) return NULL;
-    if (self->exports > 0) {
-        PyErr_Format(PyExc_BufferError,
-                     "cannot free Buffer at %p: %zd exported view(s) still use its memory",
-                     (void *)self->addr, self->exports);
-        return NULL;
-    }
-    PyObject *r = call_with_int(self->heap, str_free, self->addr);
-    if (!r) return NULL;
-    self->freed = 1;
-    return r;
+static void buffer_unlink(Buffer *self) {
+    if (self->prev) self->prev->next = self->next;
+    else if (self->heap->buffers == self) self->heap->buffers = self->next;
+    if (self->next) self->next->prev = self->prev;
+    self->prev = self->next = NULL;
 }
 
-/* Heap.close() calls this once the heap's memory is gone. */
-static PyObject *buffer_invalidate(Buffer *self, PyObject *unused) {
-    (void)unused;
+static PyObject *buffer_free(Buffer *self, PyObject *unused) {
+    if (!buffer_usable(self)) return NULL;
+    if (self->exports > 0)
+        return PyErr_Format(PyExc_BufferError,
+                            "cannot free Buffer at %p: %zd exported view(s) still use its memory",
+                            (void *)self->addr, self->exports);
+    PyObject *arg = PyLong_FromUnsignedLongLong(self->addr);
+    int rc = arg ? free_addr(self->heap, arg, self->addr) : -1;
+    Py_XDECREF(arg);
+    if (rc < 0) return NULL;
     self->freed = 1;
+    buffer_unlink(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *buffer_enter(Buffer *self, PyObject *unused) {
-    (void)unused;
-    if (!buffer_usable(self)) return NULL;
-    Py_INCREF(self);
-    return (PyObject *)self;
+    return buffer_usable(self) ? Py_NewRef(self) : NULL;
 }
 
 static PyObject *buffer_exit(Buffer *self, PyObject *args) {
-    (void)args;
-    if (self->freed) Py_RETURN_NONE;
-    return buffer_free(self, NULL);
+    return self->freed ? Py_NewRef(Py_None) : buffer_free(self, NULL);
 }
 
 static PyObject *buffer_address(Buffer *self, void *closure) {
-    (void)closure;
     return buffer_usable(self) ? PyLong_FromUnsignedLongLong(self->addr) : NULL;
 }
 
-static PyObject *buffer_size(Buffer *self, void *closure) {
-    (void)closure;
-    return buffer_usable(self) ? PyLong_FromSsize_t(self->size) : NULL;
-}
-
-static PyObject *buffer_is_freed(Buffer *self, void *closure) {
-    (void)closure;
-    return PyBool_FromLong(self->freed);
-}
-
-static PyObject *buffer_exports(Buffer *self, void *closure) {
-    (void)closure;
-    return PyLong_FromSsize_t(self->exports);
-}
-
-static Py_ssize_t buffer_len(Buffer *self) {
-    return buffer_usable(self) ? self->size : -1;
-}
+static Py_ssize_t buffer_len(Buffer *self) { return buffer_usable(self) ? self->size : -1; }
 
 static PyObject *buffer_repr(Buffer *self) {
     return PyUnicode_FromFormat("<realalloc.Buffer %zd bytes at %p%s>", self->size,
@@ -279,29 +319,33 @@ static PyObject *buffer_repr(Buffer *self) {
 
 static void buffer_dealloc(Buffer *self) {
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (!self->freed) {
-        /* Garbage collected while allocated: give the memory back. */
-        PyObject *r = call_with_int(self->heap, str_free, self->addr);
-        if (r) Py_DECREF(r);
-        else PyErr_WriteUnraisable(self->heap); /* not self: its refcount is 0 */
+    if (!self->freed) { /* garbage collected while allocated: give the memory back */
+        PyObject *arg = PyLong_FromUnsignedLongLong(self->addr);
+        if (!arg || free_addr(self->heap, arg, self->addr) < 0)
+            PyErr_WriteUnraisable((PyObject *)self->heap); /* not self: its refcount is 0 */
+        Py_XDECREF(arg);
+        buffer_unlink(self);
     }
-    Py_XDECREF(self->heap);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    Py_DECREF(self->heap);
+    PyObject_Free(self);
 }
 
 static PyMethodDef buffer_methods[] = {
     {"free", (PyCFunction)buffer_free, METH_NOARGS, "Free the memory; BufferError while views exist."},
     {"__enter__", (PyCFunction)buffer_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)buffer_exit, METH_VARARGS, NULL},
-    {"_invalidate", (PyCFunction)buffer_invalidate, METH_NOARGS, NULL},
     {NULL},
 };
 
 static PyGetSetDef buffer_getset[] = {
     {"address", (getter)buffer_address, NULL, "Address of the first byte.", NULL},
-    {"size", (getter)buffer_size, NULL, "Bytes requested.", NULL},
-    {"freed", (getter)buffer_is_freed, NULL, "True once the memory was freed.", NULL},
-    {"exports", (getter)buffer_exports, NULL, "Views currently exported.", NULL},
+    {NULL},
+};
+
+static PyMemberDef buffer_members[] = {
+    {"size", T_PYSSIZET, offsetof(Buffer, size), READONLY, "Bytes requested."},
+    {"freed", T_BOOL, offsetof(Buffer, freed), READONLY, "True once the memory was freed."},
+    {"exports", T_PYSSIZET, offsetof(Buffer, exports), READONLY, "Views currently exported."},
     {NULL},
 };
 
@@ -312,44 +356,217 @@ static PyTypeObject BufferType = {
     .tp_name = "realalloc.Buffer",
     .tp_basicsize = sizeof(Buffer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Buffer(heap, address, size): one allocation as a writable buffer.\n\n"
-              "Made by Heap.alloc.  Supports memoryview, bytes(), numpy.frombuffer and\n"
-              "ctypes from_buffer; views keep it alive.  Frees its memory when garbage\n"
-              "collected; free() while views exist raises BufferError.",
+    .tp_doc = "One allocation as a writable buffer, made by Heap.alloc(size).\n\n"
+              "Supports memoryview, bytes(), numpy.frombuffer and ctypes from_buffer;\n"
+              "views keep it alive.  Frees its memory when garbage collected; free()\n"
+              "or the heap's close() while views exist raises BufferError.",
     .tp_new = buffer_new,
     .tp_dealloc = (destructor)buffer_dealloc,
     .tp_as_buffer = &buffer_as_buffer,
     .tp_as_sequence = &buffer_as_sequence,
     .tp_methods = buffer_methods,
     .tp_getset = buffer_getset,
+    .tp_members = buffer_members,
     .tp_repr = (reprfunc)buffer_repr,
     .tp_weaklistoffset = offsetof(Buffer, weakrefs),
 };
 
-/* ---- module ------------------------------------------------------------ */
+/* ---- the guard: `with heap._guard:` -------------------------------------- */
 
-/* set_thread_cache(slot, gen, cache_address): this thread's cache for a heap. */
-static PyObject *set_thread_cache(PyObject *mod, PyObject *args) {
-    (void)mod;
-    unsigned int slot;
-    unsigned long long gen, cache;
-    if (!PyArg_ParseTuple(args, "IKK", &slot, &gen, &cache)) return NULL;
-    if (slot >= RA_MAX_HEAPS) return PyErr_Format(PyExc_ValueError, "slot %u out of range", slot);
-    tls_cache[slot].gen = gen;
-    tls_cache[slot].cache = (ra_mcache *)(uintptr_t)cache;
+typedef struct {
+    PyObject_HEAD
+    HeapBase *heap;
+} Guard;
+
+static PyObject *guard_enter(Guard *self, PyObject *unused) {
+    return heap_enter(self->heap) < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *guard_exit(Guard *self, PyObject *args) {
+    heap_leave(self->heap);
+    Py_RETURN_FALSE;
+}
+
+static void guard_dealloc(Guard *self) {
+    Py_DECREF(self->heap);
+    PyObject_Free(self);
+}
+
+static PyMethodDef guard_methods[] = {
+    {"__enter__", (PyCFunction)guard_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)guard_exit, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyTypeObject GuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "realalloc._fast.Guard",
+    .tp_basicsize = sizeof(Guard),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "`with heap._guard:` counts the calling thread as inside the heap.",
+    .tp_methods = guard_methods,
+    .tp_dealloc = (destructor)guard_dealloc,
+};
+
+/* ---- HeapBase ------------------------------------------------------------ */
+
+/* _attach(heap_address): bind the C heap; resolve the slow paths once. */
+static PyObject *heap_attach(HeapBase *self, PyObject *arg) {
+    if (self->h) return PyErr_Format(PyExc_RuntimeError, "heap is already attached");
+    ra_heap *h = (ra_heap *)PyLong_AsVoidPtr(arg);
+    if (!h) return NULL;
+    static const char *names[3] = {"_malloc_slow", "_free_slow", "_grow_central"}; /* SLOW_* */
+    for (int i = 0; i < 3; i++)
+        if (!(self->slow[i] = PyObject_GetAttrString((PyObject *)Py_TYPE(self), names[i]))) return NULL;
+    self->h = h;
     Py_RETURN_NONE;
 }
 
-static PyObject *set_freed_buffer_error(PyObject *mod, PyObject *cls) {
-    (void)mod;
-    Py_XINCREF(cls);
-    Py_XSETREF(freed_buffer_error, cls);
+/* _stop_world(): run alone in this heap until _start_world(). */
+static PyObject *heap_stop_world(HeapBase *self, PyObject *unused) {
+    ra_heap *h = self->h;
+    ra_tls_slot *t = my_slot(h);
+    if (!t) return PyErr_NoMemory();
+    if ((h->stopped & RA_STOPPED) && self->stw_owner == PyThread_get_thread_ident()) {
+        self->stw_depth++;
+        Py_RETURN_NONE;
+    }
+    if (t->depth)
+        return PyErr_Format(err_reentrant, "the heap cannot stop other threads from inside one "
+                                           "of its own calls on this thread (a signal handler "
+                                           "or finalizer?)");
+    if (wait_while(self, stopped_by_other) < 0) return NULL;
+    if (h->stopped & RA_CLOSED) return PyErr_Format(err_closed, "the heap is closed");
+    h->stopped |= RA_STOPPED;
+    self->stw_owner = PyThread_get_thread_ident();
+    self->stw_depth = 1;
+    if (wait_while(self, others_active) < 0) {
+        h->stopped &= ~RA_STOPPED;
+        self->stw_owner = 0;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *heap_start_world(HeapBase *self, PyObject *unused) {
+    if (self->stw_depth > 0 && --self->stw_depth == 0) {
+        self->h->stopped &= ~RA_STOPPED;
+        self->stw_owner = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+/* _close_buffers(): BufferError if a Buffer is exported, else invalidate them all. */
+static PyObject *heap_close_buffers(HeapBase *self, PyObject *unused) {
+    Py_ssize_t exported = 0;
+    Buffer *first = NULL;
+    for (Buffer *b = self->buffers; b; b = b->next)
+        if (b->exports && !exported++) first = b;
+    if (exported)
+        return PyErr_Format(PyExc_BufferError,
+                            "cannot close the heap: %zd Buffer(s) still have exported views, "
+                            "e.g. the %zd bytes at %p", exported, first->size, (void *)first->addr);
+    while (self->buffers) {
+        self->buffers->freed = 1;
+        buffer_unlink(self->buffers);
+    }
+    self->h->stopped |= RA_CLOSED;
+    Py_RETURN_NONE;
+}
+
+/* _inside() -> int: this thread's calls inside the heap. */
+static PyObject *heap_inside(HeapBase *self, PyObject *unused) {
+    ra_tls_slot *t = self->h ? my_slot(self->h) : NULL;
+    return PyLong_FromUnsignedLongLong(t ? t->depth : 0);
+}
+
+static PyObject *heap_get_guard(HeapBase *self, void *closure) {
+    if (!self->h) return PyErr_Format(PyExc_RuntimeError, "heap is not attached");
+    Guard *guard = PyObject_New(Guard, &GuardType);
+    if (guard) guard->heap = (HeapBase *)Py_NewRef(self);
+    return (PyObject *)guard;
+}
+
+static PyMethodDef heap_methods[] = {
+    {"malloc", (PyCFunction)(void (*)(void))heap_malloc, METH_FASTCALL | METH_KEYWORDS,
+     "malloc(size, *, scan=False, zero=True) -> int\n\nAllocate size bytes; return the address."},
+    {"free", (PyCFunction)heap_free, METH_O, "free(addr)\n\nFree the object at addr."},
+    {"alloc", (PyCFunction)(void (*)(void))heap_alloc, METH_FASTCALL | METH_KEYWORDS,
+     "alloc(size, *, scan=False, zero=True) -> Buffer\n\nAllocate size bytes as a Buffer."},
+    {"_attach", (PyCFunction)heap_attach, METH_O, NULL},
+    {"_stop_world", (PyCFunction)heap_stop_world, METH_NOARGS, NULL},
+    {"_start_world", (PyCFunction)heap_start_world, METH_NOARGS, NULL},
+    {"_close_buffers", (PyCFunction)heap_close_buffers, METH_NOARGS, NULL},
+    {"_inside", (PyCFunction)heap_inside, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyGetSetDef heap_getset[] = {
+    {"_guard", (getter)heap_get_guard, NULL, "Context manager: inside the heap.", NULL},
+    {NULL},
+};
+
+static int heap_traverse(HeapBase *self, visitproc visit, void *arg) {
+    for (int i = 0; i < 3; i++) Py_VISIT(self->slow[i]);
+    return 0;
+}
+
+static int heap_clear(HeapBase *self) {
+    for (int i = 0; i < 3; i++) Py_CLEAR(self->slow[i]);
+    return 0;
+}
+
+static void heap_dealloc(HeapBase *self) {
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
+    heap_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject HeapBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "realalloc._fast.HeapBase",
+    .tp_basicsize = sizeof(HeapBase),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "C half of realalloc.Heap: the malloc/free fast path.",
+    .tp_methods = heap_methods,
+    .tp_getset = heap_getset,
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)heap_traverse,
+    .tp_clear = (inquiry)heap_clear,
+    .tp_weaklistoffset = offsetof(HeapBase, weakrefs),
+    .tp_dealloc = (destructor)heap_dealloc,
+};
+
+/* ---- module ------------------------------------------------------------- */
+
+/* set_thread_cache(heap_address, cache_address): this thread's cache. */
+static PyObject *set_thread_cache(PyObject *mod, PyObject *args) {
+    PyObject *h_obj, *c_obj;
+    if (!PyArg_ParseTuple(args, "OO", &h_obj, &c_obj)) return NULL;
+    ra_heap *h = (ra_heap *)PyLong_AsVoidPtr(h_obj);
+    ra_mcache *c = (ra_mcache *)PyLong_AsVoidPtr(c_obj);
+    if (PyErr_Occurred()) return NULL;
+    ra_tls_slot *t = my_slot(h);
+    if (!t) return PyErr_NoMemory();
+    t->cache = c;
+    Py_RETURN_NONE;
+}
+
+/* set_errors(closed, reentrant, freed, argtype): realalloc's exception classes. */
+static PyObject *set_errors(PyObject *mod, PyObject *args) {
+    PyObject *a, *b, *c, *d;
+    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &d)) return NULL;
+    Py_XSETREF(err_closed, Py_NewRef(a));
+    Py_XSETREF(err_reentrant, Py_NewRef(b));
+    Py_XSETREF(err_freed, Py_NewRef(c));
+    Py_XSETREF(err_type, Py_NewRef(d));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"set_thread_cache", set_thread_cache, METH_VARARGS, NULL},
-    {"set_freed_buffer_error", set_freed_buffer_error, METH_O, NULL},
+    {"set_errors", set_errors, METH_VARARGS, NULL},
     {NULL},
 };
 
@@ -362,21 +579,25 @@ static struct PyModuleDef fastmodule = {
 };
 
 PyMODINIT_FUNC PyInit__fast(void) {
-    str_malloc_slow = PyUnicode_InternFromString("_malloc_slow");
-    str_free_slow = PyUnicode_InternFromString("_free_slow");
-    str_refill = PyUnicode_InternFromString("_refill");
-    str_free = PyUnicode_InternFromString("free");
+    if (pthread_key_create(&tls_key, free)) return PyErr_NoMemory();
+    err_closed = Py_NewRef(PyExc_RuntimeError);
+    err_reentrant = Py_NewRef(PyExc_RuntimeError);
+    err_freed = Py_NewRef(PyExc_ValueError);
+    err_type = Py_NewRef(PyExc_TypeError);
     str_scan = PyUnicode_InternFromString("scan");
     str_zero = PyUnicode_InternFromString("zero");
-    if (!str_malloc_slow || !str_free_slow || !str_refill || !str_free || !str_scan ||
-        !str_zero)
+    if (!str_scan || !str_zero) return NULL;
+    if (PyType_Ready(&HeapBaseType) < 0 || PyType_Ready(&BufferType) < 0 ||
+        PyType_Ready(&GuardType) < 0)
         return NULL;
-    if (PyType_Ready(&HeapBaseType) < 0 || PyType_Ready(&BufferType) < 0) return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "HeapBase", (PyObject *)&HeapBaseType) < 0 ||
         PyModule_AddObjectRef(m, "Buffer", (PyObject *)&BufferType) < 0 ||
-        PyModule_AddStringConstant(m, "VERSION", RA_PACKAGE_VERSION) < 0) {
+        PyModule_AddStringConstant(m, "VERSION", RA_PACKAGE_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "TRACEMALLOC_DOMAIN", RA_TRACEMALLOC_DOMAIN) < 0 ||
+        PyModule_AddIntConstant(m, "STOPPED", RA_STOPPED) < 0 ||
+        PyModule_AddIntConstant(m, "CLOSED", RA_CLOSED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

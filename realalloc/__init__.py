@@ -99,13 +99,14 @@ Debugging: ``REALALLOC_DEBUG=0..3`` grades internal checks (realalloc/_debug.py)
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import threading
+from typing import TYPE_CHECKING, Any
 
-from .core.heap import Buffer, Heap
+from ._version import __version__
+from .core.heap import MAX_HEAPS, Buffer, Heap
 from .core.mheap import MHeap
 from .core.osmem import fault_hits, inject_faults
 from .core.pagealloc import PageAlloc
-from .core.pagecache import PageCache
 from .core.rss import rss
 from .core.sizeclasses import roundupsize, size_to_class
 from .core.span import MSpan, SpanInfo, SpanState
@@ -122,17 +123,42 @@ from .errors import (
     InvalidPointerError,
     OutOfMemoryError,
     RealAllocError,
+    ReentrancyError,
     ShimError,
 )
 
-_default_heap = Heap()
-malloc = _default_heap.malloc
-free = _default_heap.free
-alloc = _default_heap.alloc
-realloc = _default_heap.realloc
-usable_size = _default_heap.usable_size
+_DEFAULT_METHODS = ("malloc", "free", "alloc", "realloc", "usable_size")
+_default_lock = threading.Lock()
+_default: Heap | None = None
+
+if TYPE_CHECKING:
+    malloc = Heap.malloc.__get__(Heap())
+    free = Heap.free.__get__(Heap())
+    alloc = Heap.alloc.__get__(Heap())
+    realloc = Heap.realloc.__get__(Heap())
+    usable_size = Heap.usable_size.__get__(Heap())
+
+
+def default_heap() -> Heap:
+    """The module's default heap, behind ``realalloc.malloc`` and friends:
+    made on first use (so a process that never uses it spends no heap slot)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Heap()
+            # Bound once: later lookups of realalloc.malloc cost a dict lookup.
+            globals().update({name: getattr(_default, name) for name in _DEFAULT_METHODS})
+        return _default
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DEFAULT_METHODS:
+        return getattr(default_heap(), name)
+    raise AttributeError(f"module 'realalloc' has no attribute {name!r}")
+
 
 __all__ = [
+    "MAX_HEAPS",
     "ArgumentTypeError",
     "Buffer",
     "BufferFreedError",
@@ -150,14 +176,15 @@ __all__ = [
     "MemoryReport",
     "OutOfMemoryError",
     "PageAlloc",
-    "PageCache",
     "RealAllocError",
+    "ReentrancyError",
     "ShimError",
     "SizeClassStats",
     "SpanInfo",
     "SpanState",
     "__version__",
     "alloc",
+    "default_heap",
     "fault_hits",
     "free",
     "inject_faults",

@@ -1,4 +1,4 @@
-"""Debug level, lock ownership checks and the lock order.
+"""Debug level, the heap lock with its re-entry check, and the lock order.
 
 See realalloc/__init__.py for an overview of the allocator.
 
@@ -7,26 +7,32 @@ mimalloc's MI_DEBUG does:
 
   0  no internal checks (the default; benchmarks).  Bad pointers, double
      frees and bad arguments are always diagnosed: that is the API, not a check.
-  1  lock-ownership assertions (locks record their owner: slower)
+  1  lock-ownership assertions
   2  O(n) walks of a structure when it changes state
-  3  a full ``check()`` after every slow-path operation (the test suite)
+  3  the page allocator's invariants after every span allocation (the test
+     suite runs here, and at 0)
 
 Lock order (acquire left to right, never the reverse):
 
-  Heap.lifecycle_lock -> MCentral.lock -> MHeap.lock -> ArenaIndex.lock -> OSMem.lock
+  MHeap.lock (Python) -> [C] a central's lock -> [C] the page lock
+  ArenaIndex.lock and Heap slot lock: leaves
 
-The C fast path takes no lock at all.
+C locks are held only inside one C call (csrc/shim.h), so a thread never
+holds one while Python code runs.  MHeap.lock is the one lock held across
+Python code; ``HeapLock`` refuses a thread that already holds it (a signal
+handler or finalizer that re-enters the page heap) with ReentrancyError
+instead of letting it run the page heap again half-way, or wait for itself.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from .errors import HeapCorruption, InvalidArgumentError
+from .errors import HeapCorruption, InvalidArgumentError, ReentrancyError
 
-__all__ = ["DEBUG", "LOCK_ORDER", "OwnedLock", "assert_lock_held", "new_lock"]
+__all__ = ["DEBUG", "LOCK_ORDER", "HeapLock", "assert_lock_held"]
 
 
 def _level() -> int:
@@ -37,55 +43,46 @@ def _level() -> int:
 
 
 DEBUG: Final = _level()
-LOCK_ORDER: Final = (
-    "Heap.lifecycle_lock",
-    "MCentral.lock",
-    "MHeap.lock",
-    "ArenaIndex.lock",
-    "OSMem.lock",
-)
+LOCK_ORDER: Final = ("MHeap.lock", "MCentral (C)", "page lock (C)", "ArenaIndex.lock")
 
 
-class OwnedLock:
-    """A non-reentrant lock that knows which thread holds it.
+class HeapLock:
+    """A lock that knows its owner and refuses re-entry.
 
-    ``threading.Lock`` cannot say who holds it; ``assert_lock_held`` needs that.
+    ``with heap_lock.held_by_none():`` raises ReentrancyError when the calling
+    thread holds the lock already, else returns the underlying ``RLock``,
+    whose C ``__enter__`` takes it: once taken, nothing in Python runs before
+    the ``with`` block owns it, so an exception cannot leave it held.
     """
 
-    __slots__ = ("_lock", "name", "owner")
+    __slots__ = ("_rlock", "name")
 
     def __init__(self, name: str) -> None:
-        self._lock = threading.Lock()
+        self._rlock = threading.RLock()
         self.name = name
-        self.owner: int | None = None
 
-    def __enter__(self) -> OwnedLock:
-        self._lock.acquire()
-        self.owner = threading.get_ident()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.owner = None
-        self._lock.release()
+    def held_by_none(self) -> threading.RLock:
+        if self._rlock._is_owned():  # type: ignore[attr-defined]
+            raise ReentrancyError(
+                f"{self.name} is held by this thread: a call re-entered the page heap "
+                "(from a signal handler, a finalizer or a trace function) while it was "
+                "busy; it cannot run until the interrupted call returns"
+            )
+        return self._rlock
 
     def held(self) -> bool:
         """True when the calling thread holds the lock."""
-        return self.owner == threading.get_ident()
+        return bool(self._rlock._is_owned())  # type: ignore[attr-defined]
+
+    def acquire(self) -> None:
+        """Take the lock without the re-entry check (fork handlers)."""
+        self._rlock.acquire()
+
+    def release(self) -> None:
+        self._rlock.release()
 
 
-if TYPE_CHECKING:
-    from typing import TypeAlias
-
-    Lock: TypeAlias = OwnedLock | threading.Lock
-    """What ``new_lock`` returns."""
-
-
-def new_lock(name: str) -> Lock:
-    """An OwnedLock at debug level 1 and above, else a plain (faster) Lock."""
-    return OwnedLock(name) if DEBUG >= 1 else threading.Lock()
-
-
-def assert_lock_held(lock: Lock) -> None:
+def assert_lock_held(lock: HeapLock) -> None:
     """(L1, O(1)) Raise HeapCorruption unless the calling thread holds ``lock``."""
-    if DEBUG >= 1 and isinstance(lock, OwnedLock) and not lock.held():
+    if DEBUG >= 1 and not lock.held():
         raise HeapCorruption(f"LOCK-1: {lock.name} must be held by the calling thread")

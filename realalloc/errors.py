@@ -15,6 +15,7 @@ both work::
     │   ├── InteriorPointerError                inside an object, not at its start
     │   └── DoubleFreeError                     the object is already free
     ├── HeapClosedError          (RuntimeError) the heap was closed
+    ├── ReentrancyError          (RuntimeError) a call re-entered the heap where it cannot
     ├── BufferFreedError         (ValueError)   a Buffer was used after free()
     ├── HeapCorruption           (AssertionError) an invariant does not hold
     └── OutOfMemoryError         (MemoryError)  the request cannot be satisfied
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidPointerError",
     "OutOfMemoryError",
     "RealAllocError",
+    "ReentrancyError",
     "ShimError",
     "require_int",
 ]
@@ -76,6 +78,13 @@ class DoubleFreeError(InvalidPointerError):
 
 class HeapClosedError(RealAllocError, RuntimeError):
     """The heap was closed; its memory is unmapped and it can do nothing more."""
+
+
+class ReentrancyError(RealAllocError, RuntimeError):
+    """A call re-entered the heap on a thread that is inside it (a signal
+    handler, finalizer or trace function ran in the middle of a heap call) and
+    needs what that thread holds.  Nothing changed; retry after the
+    interrupted call returns."""
 
 
 class BufferFreedError(RealAllocError, ValueError):

@@ -27,7 +27,7 @@ import pytest
 from support import Population
 
 import realalloc
-from realalloc.core.osmem import ARENA_BYTES, PAGE_SIZE
+from realalloc.core.sizeclasses import ARENA_BYTES, PAGE_SIZE
 
 MIB = 1 << 20
 OPS = ("reserve", "commit", "release")

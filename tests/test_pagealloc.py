@@ -12,13 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from realalloc.core.pagealloc import MAX_SEARCH_ADDR, AddrRange, PageAlloc
-from realalloc.core.pallocbits import (
-    ADDR_LIMIT,
-    CHUNK_BYTES,
-    PAGE_SHIFT,
-    PAGE_SIZE,
-    PAGES_PER_CHUNK,
-)
+from realalloc.core.pallocbits import ADDR_LIMIT
+from realalloc.core.sizeclasses import CHUNK_BYTES, PAGE_SHIFT, PAGE_SIZE, PAGES_PER_CHUNK
 from realalloc.errors import ArgumentTypeError, HeapCorruption, InvalidArgumentError
 
 P = PAGES_PER_CHUNK
@@ -548,14 +543,6 @@ BAD_CALLS: list[tuple[str, Callable[[PageAlloc], object], type[Exception], str]]
     ("is_allocated outside", lambda p: p.is_allocated(page_base(B + 2)), InvalidArgumentError,
      hex(page_base(B + 2))),
     ("is_scavenged negative", lambda p: p.is_scavenged(-8), InvalidArgumentError, "-8"),
-    ("free_pages64 unaligned", lambda p: p.free_pages64(page_base(B, 1), 1, 0),
-     InvalidArgumentError, hex(page_base(B, 1))),
-    ("free_pages64 free page", lambda p: p.free_pages64(page_base(B), 0x100, 0),
-     InvalidArgumentError, "0x100"),
-    ("free_pages64 stray scav", lambda p: p.free_pages64(page_base(B), 1, 2),
-     InvalidArgumentError, "0x2"),
-    ("free_pages64 wide", lambda p: p.free_pages64(page_base(B), 1 << 64, 0),
-     InvalidArgumentError, hex(1 << 64)),
 ]  # fmt: skip
 
 
@@ -575,20 +562,21 @@ def test_bad_input_raises_and_changes_nothing(
 
 
 def test_check_reports_corruption_with_invariant_id() -> None:
+    # Damage the C bitmaps and counters behind the allocator's back.
     p = _heap()
-    p._chunks[B].scav |= 1  # page 0 is allocated
+    p._chunks[B].scav[0] |= 1  # page 0 is allocated
     with pytest.raises(HeapCorruption, match=r"^PAGE-2: "):
         p.check()
     p = _heap()
-    p._chunks[B].bits |= 1 << 300
+    p._chunks[B].alloc[300 // 64] |= 1 << (300 % 64)
     with pytest.raises(HeapCorruption, match=r"^PAGE-3: |^PAGE-1: "):
         p.check()
     p = _heap()
-    p._npages_free += 1
+    p.c.free += 1
     with pytest.raises(HeapCorruption, match=r"^PAGE-3: "):
         p.check()
     p = _heap()
-    p._search_addr = page_base(B, 20)
+    p.c.search_addr = page_base(B, 20)
     with pytest.raises(HeapCorruption, match=r"^PAGE-4: "):
         p.check()
     p = _heap()
@@ -696,31 +684,6 @@ class PageAllocMachine(RuleBasedStateMachine):
         new = set(range(first, first + n)) - self.scavenged
         assert self.p.scavenge_range(first << PAGE_SHIFT, n) == len(new) * PAGE_SIZE
         self.scavenged |= new
-
-    @rule(sizes=st.lists(st.integers(1, 20), max_size=4))
-    def cache_cycle(self, sizes: list[int]) -> None:
-        c = self.p.alloc_to_cache()
-        free = [pn for pn in self.heap if pn not in self.allocated]
-        if not free:
-            assert c.empty() and c.base == 0
-            return
-        block = free[0] & ~63
-        bits = sum(1 << i for i in range(64) if block + i in free)
-        scav = sum(1 << i for i in range(64) if bits >> i & 1 and block + i in self.scavenged)
-        assert (c.base, c.cache, c.scav) == (block << PAGE_SHIFT, bits, scav)
-        self._take(block, 0)
-        self.allocated |= {block + i for i in range(64) if bits >> i & 1}
-        for n in sizes:
-            addr, got_scav = c.alloc(n)
-            if addr:
-                first = addr >> PAGE_SHIFT
-                assert got_scav == len(set(range(first, first + n)) & self.scavenged) * PAGE_SIZE
-                self.scavenged -= set(range(first, first + n))
-                self.live.append((first, n))
-        left = {block + i for i in range(64) if c.cache >> i & 1}
-        c.flush(self.p)
-        assert c.empty()
-        self.allocated -= left
 
     @precondition(lambda self: any(B + c not in self._chunks() for c in LATE_CHUNKS))
     @rule(data=st.data())

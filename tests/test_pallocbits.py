@@ -1,4 +1,5 @@
-"""Tests of realalloc.pallocbits; cases ported from Go's runtime/mpallocbits_test.go."""
+"""Tests of realalloc.pallocbits and the C chunk kernels; cases ported from Go's
+runtime/mpallocbits_test.go."""
 
 from __future__ import annotations
 
@@ -8,20 +9,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from realalloc.core.osmem import ffi, lib
 from realalloc.core.pallocbits import (
     ALLOCATED_SUM,
     CHUNK_MASK,
     FREE_CHUNK_SUM,
-    PAGES_PER_CHUNK,
-    PallocData,
     find,
     find_bit_range,
     highest_run,
     longest_run,
     range_mask,
+    read_chunk,
     summarize,
-    summarize_change,
 )
+from realalloc.core.sizeclasses import PAGES_PER_CHUNK
 
 P = PAGES_PER_CHUNK
 ONES64 = (1 << 64) - 1
@@ -30,10 +31,43 @@ Ranges = list[tuple[int, int]]
 
 def make_bits(ranges: Ranges) -> int:
     """Bitmap with the (index, count) ranges set (Go: makePallocBits)."""
-    d = PallocData()
+    bits = 0
     for i, n in ranges:
-        d.alloc_range(i, n)
-    return d.bits
+        bits |= range_mask(i, n)
+    return bits
+
+
+class Chunk:
+    """A C chunk (ra_chunk) with its own page-allocator counters, driven
+    through the kernels the heap uses (csrc/pages.h)."""
+
+    def __init__(self, alloc: int = 0, scav: int = 0) -> None:
+        self.pa = ffi.new("ra_pages *")
+        self.c = ffi.new("ra_chunk *")
+        lib.ra_pages_grow(self.pa, self.c, 1)  # every page free and scavenged
+        for k in range(8):
+            self.c.scav[k] = (scav >> (64 * k)) & ((1 << 64) - 1)
+        for i in range(P):
+            if alloc >> i & 1:
+                assert self.take(i, 1) >= 0
+
+    def take(self, i: int, n: int) -> int:
+        """Allocate pages [i, i+n): scavenged pages among them, or -1 if not all free."""
+        out = ffi.new("uint32_t *")
+        rc = lib.ra_pages_change(self.pa, self.c, i, n, lib.RA_PAGES_TAKE, out)
+        return int(out[0]) if rc == lib.RA_OK else -1
+
+    def give(self, i: int, n: int) -> bool:
+        rc = lib.ra_pages_change(self.pa, self.c, i, n, lib.RA_PAGES_GIVE, ffi.NULL)
+        return bool(rc == lib.RA_OK)
+
+    @property
+    def bits(self) -> int:
+        return read_chunk(self.c)[0]
+
+    @property
+    def scav(self) -> int:
+        return read_chunk(self.c)[1]
 
 
 def words(ws: dict[int, int]) -> int:
@@ -130,22 +164,6 @@ def test_summarize_matches_slow(runs: Ranges) -> None:
     assert summarize(bits) == summarize_slow(bits)
 
 
-@given(
-    st.integers(0, CHUNK_MASK),
-    st.integers(0, P - 1),
-    st.integers(1, P),
-    st.booleans(),
-    st.sampled_from([0, CHUNK_MASK, None]),
-)
-def test_summarize_change_matches_summarize(
-    bits: int, i: int, n: int, alloc: bool, fill: int | None
-) -> None:
-    before = bits if fill is None else fill
-    mask = range_mask(i, min(n, P - i))
-    after = before | mask if alloc else before & ~mask
-    assert summarize_change(after, summarize(before), i, min(n, P - i)) == summarize(after)
-
-
 @pytest.mark.parametrize(
     ("free", "want"),
     [
@@ -195,12 +213,12 @@ def test_summarize(free: Ranges, want: tuple[int, int, int]) -> None:
     ],
 )  # fmt: skip
 def test_find_and_alloc(before: Ranges, npages: int, hits: list[int], after: Ranges) -> None:
-    d = PallocData(make_bits(before))
+    d = Chunk(make_bits(before))
     for want in hits:
         got, _ = find(d.bits, npages, 0)
         assert got == want
         if got >= 0:
-            d.alloc_range(got, npages)
+            assert d.take(got, npages) >= 0
     assert d.bits == make_bits(after)
 
 
@@ -217,9 +235,9 @@ def test_find_and_alloc(before: Ranges, npages: int, hits: list[int], after: Ran
     ids=["SomeFree", "NoneFree1", "NoneFree2", "NoneFree5", "NoneFree64", "NoneFree65"],
 )
 def test_free_range(before_inv: Ranges, npages: int, frees: list[int], after_inv: Ranges) -> None:
-    d = PallocData(make_bits(before_inv) ^ CHUNK_MASK)
+    d = Chunk(make_bits(before_inv) ^ CHUNK_MASK)
     for i in frees:
-        d.free_range(i, npages)
+        assert d.give(i, npages)
     assert d.bits == make_bits(after_inv) ^ CHUNK_MASK
 
 
@@ -279,8 +297,8 @@ def test_longest_run_of_zero() -> None:
 )
 def test_highest_scavenge_candidate(alloc: Ranges, scav: Ranges, want: tuple[int, int]) -> None:
     # Go: TestPallocDataFindScavengeCandidate with one-page granularity and no limit.
-    d = PallocData(make_bits(alloc), make_bits(scav) & ~make_bits(alloc))
-    assert highest_run(d.unscavenged_free()) == want
+    bits, scav_bits = make_bits(alloc), make_bits(scav) & ~make_bits(alloc)
+    assert highest_run(~(bits | scav_bits) & CHUNK_MASK) == want
 
 
 @pytest.mark.parametrize(
@@ -289,11 +307,19 @@ def test_highest_scavenge_candidate(alloc: Ranges, scav: Ranges, want: tuple[int
     ids=["AllScavenged", "NoneFree", "OneScavenged"],
 )
 def test_no_scavenge_candidate(alloc: Ranges, scav: Ranges) -> None:
-    assert PallocData(make_bits(alloc), make_bits(scav)).unscavenged_free() == 0
+    assert ~(make_bits(alloc) | make_bits(scav)) & CHUNK_MASK == 0
 
 
-def test_alloc_clears_and_counts_scavenged() -> None:
-    d = PallocData(0, make_bits([(3, 5), (100, 10)]))
-    assert d.alloc_range(0, 104) == 9
+def test_take_clears_and_counts_scavenged() -> None:
+    d = Chunk(0, make_bits([(3, 5), (100, 10)]))
+    assert d.take(0, 104) == 9
     assert d.bits == range_mask(0, 104)
     assert d.scav == range_mask(104, 6)
+
+
+def test_take_and_give_refuse_pages_in_the_wrong_state_and_change_nothing() -> None:
+    d = Chunk(make_bits([(10, 5)]))
+    before = (d.bits, d.scav, int(d.pa.free))
+    assert d.take(8, 4) == -1  # pages 10, 11 are allocated
+    assert not d.give(14, 2)  # page 15 is free
+    assert (d.bits, d.scav, int(d.pa.free)) == before

@@ -5,7 +5,8 @@ import errno
 import pytest
 
 from realalloc.core import osmem
-from realalloc.core.osmem import ARENA_BYTES, OSMem, ffi, lib, resident_bytes
+from realalloc.core.osmem import OSMem, ffi, lib, resident_bytes
+from realalloc.core.sizeclasses import ARENA_BYTES
 from realalloc.errors import InvalidArgumentError, ShimError
 
 
@@ -22,7 +23,7 @@ def test_reserve_is_aligned_and_commit_makes_memory_usable():
         assert base % ARENA_BYTES == 0
         assert mem.stats() == osmem.OSMemStats(ARENA_BYTES, 0, 0)
         mem.commit(base)
-        assert mem.stats() == osmem.OSMemStats(ARENA_BYTES, ARENA_BYTES, ARENA_BYTES)
+        assert mem.stats() == osmem.OSMemStats(ARENA_BYTES, ARENA_BYTES, 0)
         assert resident_bytes(base, ARENA_BYTES) == 0  # committed, never touched
         view = ffi.buffer(ffi.cast("char *", base), 1 << 20)
         view[:] = b"\xab" * (1 << 20)
@@ -31,17 +32,18 @@ def test_reserve_is_aligned_and_commit_makes_memory_usable():
         mem.release(base, 1 << 20)
         assert resident_bytes(base, 1 << 20) == 0
         assert view[:] == bytes(1 << 20)  # released pages read as zero
+        assert mem.stats() == osmem.OSMemStats(ARENA_BYTES, ARENA_BYTES, 1 << 20)
     finally:
         mem.unmap_all()
-    assert mem.stats() == osmem.OSMemStats(0, 0, 0)
+    assert mem.stats() == osmem.OSMemStats(0, 0, 1 << 20)  # released_total is cumulative
 
 
 @pytest.mark.parametrize(
     ("call", "args"),
     [
-        (lib.ra_commit, (4096 + 1, 4096)),
-        (lib.ra_release, (4096, 0)),
-        (lib.ra_unmap, (4096, 100)),
+        (lib.ra_commit, (4096 + 1, 4096, ffi.NULL)),
+        (lib.ra_release, (4096, 0, ffi.NULL)),
+        (lib.ra_unmap, (4096, 100, 1, ffi.NULL)),
     ],
 )
 def test_shim_rejects_unaligned_ranges(call, args):
@@ -59,13 +61,13 @@ def _attempt(op: str, base: int) -> int:
     """One raw shim call of ``op`` on 1 MiB; returns its errno (0: success)."""
     if op == "reserve":
         out = ffi.new("uintptr_t *")
-        rc = lib.ra_reserve(1 << 20, 4096, out)
+        rc = lib.ra_reserve(1 << 20, 4096, out, ffi.NULL)
         if rc == 0:
-            lib.ra_unmap(out[0], 1 << 20)
+            lib.ra_unmap(out[0], 1 << 20, 0, ffi.NULL)
         return rc
     if op == "commit":
-        return lib.ra_commit(base, 1 << 20)
-    return lib.ra_release(base, 1 << 20)
+        return lib.ra_commit(base, 1 << 20, ffi.NULL)
+    return lib.ra_release(base, 1 << 20, ffi.NULL)
 
 
 @pytest.mark.parametrize("op", ["reserve", "commit", "release"])

@@ -93,6 +93,13 @@ LARGE_SIZE_DIV: Final = 128
 NUM_SIZE_CLASSES: Final = 68
 PAGE_SHIFT: Final = 13
 PAGE_SIZE: Final = 8192
+TINY_SIZE: Final = 16
+TINY_SIZE_CLASS: Final = 2
+ARENA_SHIFT: Final = 26
+LOG_PAGES_PER_CHUNK: Final = 9
+HEAP_ADDR_BITS: Final = 48
+ARENA_L1_BITS: Final = 6
+ARENA_L2_BITS: Final = 16
 
 # fmt: off
 # Object size of each class; class 0 stands for size 0 and large objects.

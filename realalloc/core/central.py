@@ -1,210 +1,135 @@
-"""Central span lists, one per span class (Go: runtime/mcentral.go, type mcentral).
+"""Central span lists: the numbers that steer them, and their checks (Go: runtime/mcentral.go).
 
-See realalloc/__init__.py for an overview of the allocator.
+See realalloc/__init__.py for an overview of the allocator, and
+csrc/central.h for the mechanics: per span class, the spans no thread cache
+owns sit on C lists (partial / full / empty) and a refill, a free or a
+cache flush moves them in C without Python.  Python owns the policy:
 
-An ``MCentral`` holds the spans of one span class that no thread cache owns,
-on three intrusive lists (Go keeps swept/unswept span sets; with explicit
-free what matters is how much room a span has)::
+* **batch size** (Go has none; tcmalloc's transfer cache adapts the same
+  way): when a class has no span with room, C asks ``Heap._grow_central``,
+  which brings ``batch_for(spc)`` fresh spans in one search and one C call.
+  A class starts with enough spans for 64 KiB (at least one); its batch
+  doubles each time it runs dry again without having given spans back since
+  the last batch (demand outruns supply), up to 1 MiB of spans, and halves
+  when spans had to be given back (supply outruns demand).
+* **empty-span budget** (``empty_max``): empty spans a class keeps for reuse
+  before C gives the rest back to the page heap: one batch.  So a class
+  whose spans hold one object does not ping-pong pages with the page heap.
 
-    partial: room >= min_room(nelems)   ready for a thread cache
-    full:    0 < alloc_count and room < min_room: waits for more frees
-    empty:   alloc_count == 0, at most ``stash`` spans (64 KiB, two at
-             least): reused before asking MHeap, so a class whose spans hold
-             one or two objects does not ping-pong pages with MHeap
-
-Frees do not touch the lists.  A free into an uncached span sets a bit in
-the span's ``free_bits``; once a ``full`` span has collected enough frees to
-leave ``full`` (its ``sweep_at``), or any span has lost its last object, the
-free pushes it on the heap's lock-free *dirty stack* for its class
-(csrc/spanbits.h).  Whoever next holds
-this central's lock drains that stack and sweeps each span: pending frees
-become free slots and the span is filed again by its room.  So a span whose
-last object is freed goes back to the page heap lazily: at the next refill of
-its class, or at ``reclaim`` (``Heap.scavenge`` and the background scavenger
-call it for every class).
-
-Refill (``cache_span``): drain the dirty stack, take a partial span, else a
-stashed empty one, else a fresh span from ``MHeap``.  Return
-(``uncache_span``): mark the span uncached, sweep it if frees arrived while
-it was cached, and file it.
+``reclaim`` sweeps every dirty stack and gives back every empty span
+(``Heap.scavenge``, the background scavenger and ``Heap.reclaim`` call it).
 
 Invariants (checked by ``check``):
-  CENTRAL-1: every live span of this class is cached by exactly one thread
-             cache or is on exactly one of partial/full/empty, never both.
-  CENTRAL-2: a listed span is on the list its room says (as of its last sweep).
-  CENTRAL-3: a span released to the page heap is on no list and not on the
-             dirty stack.
+  CENTRAL-1: every live small-object span is cached by exactly one thread
+             cache or is on exactly one central list of its class.
+  CENTRAL-2: a listed span is on the list its room says (as of its last
+             sweep: pending frees may give it more room).
+  CENTRAL-3: list counts match the lists; a span on a dirty stack has in_dirty.
 
-Locking: ``MCentral.lock`` guards the lists, sweeping and the dirty stack's
-consumer side.  Lock order: MCentral.lock -> MHeap.lock (realalloc/_debug.py).
+Locking: C takes a central's lock inside each call.  ``batch_for`` is called
+under MHeap.lock (through MHeap.grow_central), the only writer of the numbers.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from .. import _debug
-from .._debug import assert_lock_held, new_lock
 from ..errors import HeapCorruption
-from .osmem import PAGE_SIZE, lib
-from .sizeclasses import CLASS_TO_NPAGES, CLASS_TO_SIZE
-from .span import MSpan, SpanList, SpanState, check_span
+from .osmem import lib
+from .sizeclasses import CLASS_TO_NPAGES, NUM_SPAN_CLASSES, PAGE_SIZE
 
-if TYPE_CHECKING:
-    from .mheap import MHeap
+__all__ = ["CentralPolicy"]
 
+FIRST_BATCH_BYTES: Final = 64 << 10
+MAX_BATCH_BYTES: Final = 1 << 20
 
-def min_room(nelems: int) -> int:
-    """Free slots a swept span needs to be handed to a thread cache again: an
-    eighth of its slots, at least one.  A refill costs microseconds of Python,
-    so a span that would yield one or two slots waits on ``full`` for more
-    frees instead (Go refills in nanoseconds and takes any room)."""
-    return max(1, nelems >> 3)
-
-
-__all__ = ["MCentral", "min_room"]
-
-_PARTIAL: Final = 1
-_FULL: Final = 2
-_EMPTY: Final = 3
-_NEVER: Final = 0xFFFF_FFFF
-_STASH_BYTES: Final = 64 << 10
-"""Empty spans a central keeps for reuse: this many bytes of them, at least two
-spans (the rest go back to MHeap)."""
+_LISTS: Final = (
+    ("partial", lib.RA_LIST_PARTIAL),
+    ("full", lib.RA_LIST_FULL),
+    ("empty", lib.RA_LIST_EMPTY),
+)
 
 
-class MCentral:
-    """The uncached spans of one span class."""
+class CentralPolicy:
+    """Per span class: the batch size and empty-span budget C follows."""
 
-    __slots__ = (
-        "_h",
-        "_lists",
-        "empty",
-        "full",
-        "lock",
-        "mheap",
-        "min_room",
-        "nelems",
-        "npages",
-        "partial",
-        "spanclass",
-        "stash",
-    )
+    __slots__ = ("_h", "_released_seen", "batch")
 
-    def __init__(self, mheap: MHeap, h: Any, spanclass: int) -> None:
-        self.mheap = mheap
-        self._h = h  # the heap's ra_heap *, for its dirty stacks
-        self.spanclass = spanclass
-        self.lock = new_lock(f"MCentral[{spanclass}].lock")
-        self.partial = SpanList(_PARTIAL)
-        self.full = SpanList(_FULL)
-        self.empty = SpanList(_EMPTY)
-        self._lists = (self.partial, self.full, self.empty)  # by tag - 1
-        sizeclass = spanclass >> 1
-        self.npages = CLASS_TO_NPAGES[sizeclass] if sizeclass else 0
-        self.nelems = self.npages * PAGE_SIZE // CLASS_TO_SIZE[sizeclass] if sizeclass else 1
-        self.min_room = min_room(self.nelems)
-        self.stash = max(2, _STASH_BYTES // max(1, self.npages * PAGE_SIZE))
+    def __init__(self, h: Any) -> None:
+        self._h = h
+        self.batch = [0] * NUM_SPAN_CLASSES
+        self._released_seen = [0] * NUM_SPAN_CLASSES
+        for spc in range(2, NUM_SPAN_CLASSES):
+            self.batch[spc] = max(1, FIRST_BATCH_BYTES // self._span_bytes(spc))
+            h.central[spc].empty_max = self.batch[spc]
 
-    def cache_span(self) -> Any:
-        """A span with room, marked cached, for a thread cache (Go: cacheSpan):
-        a partial span, else a stashed empty one, else a fresh one from MHeap."""
-        with self.lock:
-            if self._h.dirty[self.spanclass]:
-                self._drain_dirty_locked()
-            s = self.partial.pop() or self.empty.pop()
-            if s:
-                s.cached = 1
-                return s
-        s = self.mheap.alloc_span(self.npages, SpanState.IN_USE, self.spanclass).c
-        s.cached = 1
-        return s
+    @staticmethod
+    def _span_bytes(spc: int) -> int:
+        return CLASS_TO_NPAGES[spc >> 1] * PAGE_SIZE
 
-    def uncache_span(self, s: Any) -> None:
-        """Take back a span from a thread cache (Go: uncacheSpan)."""
-        with self.lock:
-            self._place_locked(s, lib.ra_span_uncache(s))
+    def batch_for(self, spc: int) -> int:
+        """Spans to bring now that class ``spc`` ran dry; adapts the batch
+        and the class's empty-span budget (see the module docstring)."""
+        ce = self._h.central[spc]
+        released = int(ce.nreleased)
+        most = max(1, MAX_BATCH_BYTES // self._span_bytes(spc))
+        now = self.batch[spc]
+        ce.empty_max = max(int(ce.empty_max), now)
+        # The next batch: double while the class keeps running dry without
+        # giving spans back, halve once it had to give some back.
+        if released != self._released_seen[spc]:
+            self.batch[spc] = max(1, now // 2)
+        else:
+            self.batch[spc] = min(most, now * 2)
+        self._released_seen[spc] = released
+        return now
 
     def reclaim(self) -> None:
-        """Sweep the dirty stack and give every stashed empty span back to MHeap."""
-        with self.lock:
-            self._drain_dirty_locked()
-            while s := self.empty.pop():
-                self.mheap.free_span(MSpan(s))
-
-    def _drain_dirty_locked(self) -> None:
-        """Sweep every span on this class's dirty stack; move the ones whose
-        room now calls for another list."""
-        assert_lock_held(self.lock)
-        lists = self._lists
-        s = lib.ra_heap_take_dirty(self._h, self.spanclass)
-        while s:
-            after = s.next_dirty  # read before the span can be pushed again
-            room = lib.ra_span_sweep_dirty(s, self.spanclass)
-            if room != lib.RA_NOT_SWEPT:
-                tag = s.list
-                if tag != self._list_for(room):
-                    if tag:
-                        lists[tag - 1].remove(s)
-                    self._place_locked(s, room)
-            s = after
-
-    def _list_for(self, room: int) -> int:
-        if room == self.nelems:
-            return _EMPTY
-        return _PARTIAL if room >= self.min_room else _FULL
-
-    def _place_locked(self, s: Any, room: int) -> None:
-        """File a swept, uncached, unlisted span with ``room`` free slots:
-        partial, full, the stash of empty spans, or back to the page heap."""
-        assert_lock_held(self.lock)
-        if _debug.DEBUG >= 2:  # (L2, O(nelems)) every span as it changes hands
-            check_span(s)
-        tag = self._list_for(room)
-        # Frees a span needs before it is worth sweeping again: enough to
-        # leave ``full``; on the other lists only its last object matters.
-        s.sweep_at = self.min_room - room if tag == _FULL else _NEVER
-        if tag != _EMPTY:
-            self._lists[tag - 1].push(s)
-        elif self.empty.count < self.stash:
-            self.empty.push(s)
-        elif s.in_dirty:
-            # A racing free pushed it; the stack must not keep a released record.
-            self._drain_dirty_locked()
-        else:
-            self.mheap.free_span(MSpan(s))
+        """Sweep every class's pending frees; give every empty span back."""
+        for spc in range(2, NUM_SPAN_CLASSES):
+            lib.ra_central_reclaim(self._h, spc)
 
     def check(self, cached: set[int]) -> int:
-        """Verify CENTRAL-1/2 for the listed spans; return how many there are.
-        ``cached`` holds the ids of spans that thread caches own."""
-        with self.lock:
-            n = 0
-            for lst, name in (
-                (self.partial, "partial"),
-                (self.full, "full"),
-                (self.empty, "empty"),
-            ):
-                for s in lst:
+        """Verify CENTRAL-2/3 and the listed half of CENTRAL-1; return how many
+        spans are listed.  ``cached``: ids of the spans thread caches own.
+        Run with the world stopped."""
+        listed = 0
+        for spc in range(2, NUM_SPAN_CLASSES):
+            ce = self._h.central[spc]
+            for name, tag in _LISTS:
+                n = 0
+                s = getattr(ce, name)
+                while s:
                     n += 1
                     sid = int(s.id)
-                    if s.cached or sid in cached or s.spanclass != self.spanclass:
+                    if s.cached or sid in cached or s.spanclass != spc or s.list != tag:
                         raise HeapCorruption(
-                            f"CENTRAL-1: span {sid} on {name}[{self.spanclass}] "
-                            "is cached or of another class"
+                            f"CENTRAL-1: span {sid} on {name}[{spc}] is cached, of another "
+                            "class or tagged for another list"
                         )
-                    room = int(s.nelems - s.alloc_count)
+                    room = int(s.nelems) - int(s.alloc_count)
                     want = (
-                        self.empty
+                        lib.RA_LIST_EMPTY
                         if room == s.nelems
-                        else self.partial
-                        if room >= self.min_room
-                        else self.full
+                        else lib.RA_LIST_PARTIAL
+                        if room
+                        else lib.RA_LIST_FULL
                     )
-                    if lst is not want:
+                    if want != tag:
                         raise HeapCorruption(
-                            f"CENTRAL-2: span {sid} on {name}[{self.spanclass}] has "
+                            f"CENTRAL-2: span {sid} on {name}[{spc}] has "
                             f"{int(s.alloc_count)}/{int(s.nelems)} slots allocated"
                         )
-            if n != self.partial.count + self.full.count + self.empty.count:
-                raise HeapCorruption(f"CENTRAL-1: list counts of class {self.spanclass} are wrong")
-            return n
+                    s = s.next
+                if n != getattr(ce, "n" + name):
+                    raise HeapCorruption(
+                        f"CENTRAL-3: {name}[{spc}] holds {n} spans, its count says "
+                        f"{int(getattr(ce, 'n' + name))}"
+                    )
+                listed += n
+            s = ce.dirty
+            while s:
+                if not s.in_dirty:
+                    raise HeapCorruption(f"CENTRAL-3: span {int(s.id)} is stacked but not dirty")
+                s = s.next_dirty
+        return listed

@@ -1,146 +1,202 @@
-"""Fixed-size records in C memory, allocated from slabs (Go: runtime/mfixalloc.go).
+"""Span records in pools of fixed-size slots (Go: runtime/mfixalloc.go, mheap.spanalloc).
 
 See realalloc/__init__.py for an overview of the allocator.
 
-Span records and their bitmaps live in C memory so that C code can follow
-pointers to them.  Allocating each with its own ``ffi.new`` would cost a
-Python object per record; a ``FixAlloc`` instead carves records of one type
-and length out of one reserved region and names them by index::
+A span record (``ra_span``, csrc/shim.h) carries its bitmaps right after it,
+so records of span classes with the same bitmap size share a *pool*: one per
+record shape (bitmap words, tiny state words or not).  Each pool owns a
+reserved region of the heap's metadata memory, cut into slabs of whole OS
+pages; C takes records from the lowest slab with a free one and puts them
+back (csrc/pages.h, under the page lock), so emptied slabs gather at the top
+and can be given back to the OS.  Python decides when a pool gets another
+slab (``reserve``) and when empty slabs are released (``trim``)::
 
-    region (mapped once, MAP_NORESERVE: a page costs memory when first touched)
-    | slab 0: rec 0 .. rec n-1 | pad | slab 1: rec n .. | pad | slab 2 ... (untouched)
-      ^ 64 KiB each, handed out in order
+    pool region:  | slab 0 | slab 1 | slab 2 | ... |  (mapped NORESERVE, 1 GiB at most)
+    slab states:    ACTIVE   ACTIVE   RELEASED  UNUSED
+                    records  records  zero pages, re-added first
 
-Records are handed out from the lowest slab that has a free one, so free
-records gather in the high slabs; ``trim`` gives slabs with no live record
-back to the OS (MADV_DONTNEED: they read as zero, i.e. as fresh records, when
-reused).  Unlike Go's fixalloc, metadata memory thus shrinks with the heap.
-Index <-> pointer is arithmetic on the region, so no table is kept per record.
+Invariants (checked by ``check``):
+  FIX-1: per pool, nfree == per_slab * #ACTIVE - sum(slab_live over ACTIVE)
+  FIX-2: a record on a slab's free list has state FREE; records live ==
+         the pool's live span records
 
-Invariants:
-  FIX-1: every index below capacity is live or on exactly one slab's free
-         list; live == sum(live_in[slab]).
-  FIX-2: a slab is released only while no record in it is live.
-
-Locking: caller must hold the lock of the structure that owns the FixAlloc
-(``MHeap.lock`` for spans and bitmaps); FixAlloc has no lock of its own.
+Locking: the caller holds MHeap.lock; C takes the page lock inside each call.
+A slab is dropped (taken off the free lists) and released in two steps; a
+DROPPED slab left by an interruption is released by the next ``trim``.
 """
 
 from __future__ import annotations
 
-import heapq
-from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
-from ..errors import OutOfMemoryError
-from .osmem import OS_PAGE_SIZE, OSMem, ffi
+from ..errors import HeapCorruption, OutOfMemoryError
+from .osmem import OS_PAGE_SIZE, OSMem, ffi, lib
+from .sizeclasses import (
+    CLASS_TO_NPAGES,
+    CLASS_TO_SIZE,
+    NUM_SPAN_CLASSES,
+    PAGE_SIZE,
+    TINY_SPAN_CLASS,
+)
 
-__all__ = ["SLAB_BYTES", "FixAlloc"]
+__all__ = ["PoolShape", "SpanPools"]
 
 SLAB_BYTES: Final = 64 << 10
-"""Bytes per slab, the unit ``trim`` gives back (at least one record)."""
+"""Target slab size: the unit in which record memory is given back to the OS."""
+POOL_REGION: Final = 1 << 30
+"""Address space reserved per pool (mapped lazily, NORESERVE)."""
+_RECORD: Final[int] = ffi.sizeof("ra_span")
+_ACTIVE: Final = lib.RA_SLAB_ACTIVE
+_DROPPED: Final = lib.RA_SLAB_DROPPED
+_RELEASED: Final = lib.RA_SLAB_RELEASED
 
 
-class FixAlloc:
-    """Records of ``count`` C ``ctype`` elements each, at most ``max_records``."""
+@dataclass(frozen=True, slots=True)
+class PoolShape:
+    """The bitmap layout shared by a pool's records."""
 
-    __slots__ = (
-        "_base",
-        "_free",
-        "_live_in",
-        "_open",
-        "_os",
-        "_released",
-        "_slab_ptrs",
-        "count",
-        "ctype",
-        "live",
-        "max_slabs",
-        "per_slab",
-        "record_bytes",
-        "stride",
-    )
+    nwords: int
+    """64-bit words per bitmap (alloc bits, free bits)."""
+    tiny_slots: int
+    """Tiny state words after the bitmaps (the tiny class only), else 0."""
 
-    def __init__(self, os: OSMem, ctype: str, count: int = 1, max_records: int = 1 << 24) -> None:
+    @property
+    def stride(self) -> int:
+        """Bytes per record, bitmaps included, 16-byte aligned."""
+        return -(-(_RECORD + 16 * self.nwords + 4 * self.tiny_slots) // 16) * 16
+
+
+def _shape(spc: int) -> PoolShape:
+    sizeclass = spc >> 1
+    nelems = CLASS_TO_NPAGES[sizeclass] * PAGE_SIZE // CLASS_TO_SIZE[sizeclass] if sizeclass else 1
+    return PoolShape((nelems + 63) // 64, nelems if spc == TINY_SPAN_CLASS else 0)
+
+
+class SpanPools:
+    """The span record pools of one heap."""
+
+    __slots__ = ("_arrays", "_h", "_next", "_os", "shapes")
+
+    def __init__(self, h: Any, os: OSMem) -> None:
+        """Configure ``h.pools`` and ``h.pool_of``; no memory is mapped yet."""
+        self._h = h
         self._os = os
-        self.ctype = ctype
-        self.count = count
-        self.record_bytes: int = ffi.sizeof(ctype) * count
-        self.per_slab: int = max(1, SLAB_BYTES // self.record_bytes)
-        self.stride: int = -(-self.per_slab * self.record_bytes // OS_PAGE_SIZE) * OS_PAGE_SIZE
-        self.max_slabs: int = -(-max_records // self.per_slab)
-        self._base = 0  # reserved on first use
-        self._slab_ptrs: list[Any] = []  # ``ctype *`` to each committed slab
-        self._free: list[array[int]] = []  # per slab: free record numbers in it
-        self._live_in = array("I")  # per slab: live records
-        self._released = bytearray()  # per slab: 1 while given back to the OS
-        self._open: list[int] = []  # min-heap of slabs that may have free records
-        self.live = 0
+        self.shapes: list[PoolShape] = []
+        for spc in range(NUM_SPAN_CLASSES):
+            shape = _shape(spc)
+            if shape not in self.shapes:
+                self.shapes.append(shape)
+            h.pool_of[spc] = self.shapes.index(shape)
+        if len(self.shapes) > lib.RA_MAX_POOLS:
+            raise HeapCorruption(f"FIX-0: {len(self.shapes)} record shapes, room for fewer")
+        self._arrays: list[tuple[Any, Any, Any]] = []  # keep the C slab arrays alive
+        self._next = [0] * len(self.shapes)  # per pool: slabs handed to C so far
+        for index, shape in enumerate(self.shapes):
+            p = h.pools[index]
+            per_slab = max(1, SLAB_BYTES // shape.stride)
+            slab_bytes = -(-per_slab * shape.stride // OS_PAGE_SIZE) * OS_PAGE_SIZE
+            p.stride = shape.stride
+            p.per_slab = per_slab
+            p.slab_bytes = slab_bytes
+            p.max_slabs = max(1, POOL_REGION // slab_bytes)
+            p.nwords = shape.nwords
+            p.tiny = int(shape.tiny_slots > 0)
+            p.index = index
+            arrays = (
+                ffi.new("ra_span *[]", p.max_slabs),
+                ffi.new("uint32_t[]", p.max_slabs),
+                ffi.new("uint8_t[]", p.max_slabs),
+            )
+            p.slab_free, p.slab_live, p.slab_state = arrays
+            self._arrays.append(arrays)
+        h.npools = len(self.shapes)
 
-    def alloc(self) -> int:
-        """A record's index.  Its memory is zero when fresh or after ``trim``,
-        else holds the last user's data: the caller initialises every field."""
-        open_ = self._open
-        while open_ and not self._free[open_[0]]:
-            heapq.heappop(open_)
-        if not open_:
-            self._grow()
-        slab = open_[0]
-        i = self._free[slab].pop()
-        self._live_in[slab] += 1
-        self._released[slab] = 0
-        self.live += 1
-        return slab * self.per_slab + i
+    def pool_of(self, spc: int) -> int:
+        return int(self._h.pool_of[spc])
 
-    def free(self, index: int) -> None:
-        slab, i = divmod(index, self.per_slab)
-        free = self._free[slab]
-        if not free:
-            heapq.heappush(self._open, slab)
-        free.append(i)
-        self._live_in[slab] -= 1
-        self.live -= 1
-
-    def ptr(self, index: int) -> Any:
-        """Pointer to record ``index`` (a ``ctype *``)."""
-        slab, i = divmod(index, self.per_slab)
-        return self._slab_ptrs[slab] + i * self.count
-
-    def index_of(self, ptr: Any) -> int:
-        """Inverse of ``ptr``."""
-        slab, offset = divmod(int(ffi.cast("uintptr_t", ptr)) - self._base, self.stride)
-        return slab * self.per_slab + offset // self.record_bytes
+    def reserve(self, index: int, n: int) -> None:
+        """Make sure pool ``index`` has ``n`` free records: hand C more slabs,
+        released ones first (they read as zero), then new ones."""
+        p = self._h.pools + index
+        while p.nfree < n:
+            slab = next((s for s in range(self._next[index]) if p.slab_state[s] == _RELEASED), -1)
+            if slab < 0:
+                slab = self._next[index]
+                if slab == p.max_slabs:
+                    raise OutOfMemoryError(
+                        f"span record pool {index} is full: {p.max_slabs * p.per_slab} records"
+                    )
+                if not p.base:
+                    p.base = self._os.map(p.max_slabs * p.slab_bytes)
+                self._next[index] = slab + 1
+            lib.ra_pool_add_slab(self._h, p, slab)
 
     def trim(self) -> int:
         """Give every slab with no live record back to the OS; returns bytes."""
         released = 0
-        for slab, live in enumerate(self._live_in):
-            if not live and not self._released[slab]:
-                self._os.release(self._base + slab * self.stride, self.stride)
-                self._released[slab] = 1
-                released += self.stride
+        for index in range(len(self.shapes)):
+            p = self._h.pools + index
+            for slab in range(self._next[index]):
+                if p.slab_state[slab] == _ACTIVE:
+                    lib.ra_pool_drop_slab(self._h, p, slab)  # only if it has no live record
+                if p.slab_state[slab] == _DROPPED:
+                    self._os.release(int(p.base) + slab * p.slab_bytes, p.slab_bytes)
+                    p.slab_state[slab] = _RELEASED
+                    released += p.slab_bytes
         return released
 
-    def _grow(self) -> None:
-        slab = len(self._slab_ptrs)
-        if slab == self.max_slabs:
-            raise OutOfMemoryError(
-                f"more than {self.max_slabs * self.per_slab} {self.ctype} records"
-            )
-        if not self._base:
-            self._base = self._os.map(self.max_slabs * self.stride)
-        self._slab_ptrs.append(ffi.cast(f"{self.ctype} *", self._base + slab * self.stride))
-        self._free.append(array("I", range(self.per_slab - 1, -1, -1)))
-        self._live_in.append(0)
-        self._released.append(0)
-        heapq.heappush(self._open, slab)
+    def records(self) -> Iterator[Any]:
+        """Every record of every ACTIVE slab (``ra_span *``), free ones included."""
+        for index in range(len(self.shapes)):
+            p = self._h.pools + index
+            for slab in range(self._next[index]):
+                if p.slab_state[slab] != _ACTIVE:
+                    continue
+                first = int(p.base) + slab * p.slab_bytes
+                for i in range(p.per_slab):
+                    yield ffi.cast("ra_span *", first + i * p.stride)
 
-    @property
-    def capacity(self) -> int:
-        """Records in committed slabs (live or free)."""
-        return len(self._slab_ptrs) * self.per_slab
+    def nbytes_of(self, index: int) -> int:
+        """Bytes of pool ``index``'s slabs not given back to the OS."""
+        p = self._h.pools + index
+        held = sum(1 for s in range(self._next[index]) if p.slab_state[s] in (_ACTIVE, _DROPPED))
+        return held * int(p.slab_bytes)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of committed slabs not given back to the OS."""
-        return (len(self._slab_ptrs) - sum(self._released)) * self.stride
+        """Bytes of slabs not given back to the OS (Go: MSpanSys + GCSys)."""
+        return sum(self.nbytes_of(i) for i in range(len(self.shapes)))
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes of records in use (Go: MSpanInuse)."""
+        total = 0
+        for index in range(len(self.shapes)):
+            p = self._h.pools + index
+            live = sum(int(p.slab_live[s]) for s in range(self._next[index]))
+            total += live * int(p.stride)
+        return total
+
+    def check(self, live_records: int) -> None:
+        """Verify FIX-1 and FIX-2 (``live_records``: live span records found)."""
+        live = 0
+        for index in range(len(self.shapes)):
+            p = self._h.pools + index
+            active = [s for s in range(self._next[index]) if p.slab_state[s] == _ACTIVE]
+            in_use = sum(int(p.slab_live[s]) for s in active)
+            live += in_use
+            if int(p.nfree) != len(active) * int(p.per_slab) - in_use:
+                raise HeapCorruption(
+                    f"FIX-1: pool {index}: nfree {int(p.nfree)}, {len(active)} active slabs of "
+                    f"{int(p.per_slab)} with {in_use} live"
+                )
+            for s in active:
+                r = p.slab_free[s]
+                while r:
+                    if r.state != lib.RA_SPAN_FREE:
+                        raise HeapCorruption(f"FIX-2: record {int(r.id)} is free-listed but live")
+                    r = r.next
+        if live != live_records:
+            raise HeapCorruption(f"FIX-2: pools count {live} live records, spans {live_records}")

@@ -2,33 +2,36 @@
 
 See realalloc/__init__.py for an overview of the allocator.
 
-This is the only module that imports the compiled shim (``realalloc._shim``).
+This is the only module that imports the compiled cffi module
+(``realalloc._shim``); everything else takes ``ffi`` and ``lib`` from here.
 It turns every nonzero errno from the shim into :class:`ShimError` (a
-``MemoryError`` and ``OSError``) in one place, ``_call``, and keeps the byte
-counts of each region state, the way Go's sysReserve/sysMap/sysUnused keep
-their statistics at the interface boundary while the OS layer only acts::
+``MemoryError`` and ``OSError``) in one place, ``_call``.  Byte counts are
+kept where Go keeps them, at the interface boundary: each shim call updates
+the region's ``ra_os_stats`` itself when it succeeds, so no exception can
+land between the OS call and its accounting::
 
     None --reserve--> Reserved --commit--> Ready --release--> Ready (not resident)
       ^                                      |
       +----------------unmap-----------------+
 
+Which free heap pages are released is the page allocator's knowledge
+(scavenged bits, realalloc/core/pagealloc.py), not counted again here.
+
 Invariants:
-  OS-1: 0 <= released <= ready <= reserved   (bytes)
+  OS-1: 0 <= ready <= reserved   (bytes)
   OS-2: a failed call changes neither the region nor the counters.
 
-Locking: ``OSMem`` counters are updated under ``OSMem.lock``, a leaf lock
-(nothing else is acquired while it is held).  The shim calls themselves need
-no lock.
+Locking: ``OSMem._regions`` is changed only by the heap that owns it, under
+its heap lock; the counters are atomics in C.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
-from .. import __version__
+from .._version import __version__
 from ..errors import InvalidArgumentError, ShimError, require_int
 
 try:
@@ -47,9 +50,7 @@ if _shim_version != __version__:  # pragma: no cover - depends on the build
     )
 
 __all__ = [
-    "ARENA_BYTES",
     "OS_PAGE_SIZE",
-    "PAGE_SIZE",
     "FaultOp",
     "OSMem",
     "OSMemStats",
@@ -60,11 +61,7 @@ __all__ = [
     "resident_bytes",
 ]
 
-PAGE_SIZE: Final[int] = 1 << lib.RA_PAGE_SHIFT
-"""Runtime page: 8 KiB.  (An *OS page* is 4 KiB.)"""
 OS_PAGE_SIZE: Final = 4096
-ARENA_BYTES: Final[int] = 1 << lib.RA_ARENA_SHIFT
-"""A heap arena: 64 MiB, reserved at a 64 MiB-aligned address."""
 
 
 class FaultOp:
@@ -85,7 +82,7 @@ def _call(rc: int, operation: str) -> None:
 def _op(op: str) -> int:
     try:
         return FaultOp.NAMES[op]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InvalidArgumentError(
             f"fault op must be one of {sorted(FaultOp.NAMES)}, got {op!r}"
         ) from None
@@ -124,92 +121,67 @@ class OSMemStats:
     """Address space reserved (Reserved or Ready)."""
     ready: int
     """Bytes readable and writable (Ready)."""
-    released: int
-    """Ready bytes given back with MADV_DONTNEED and not reused since."""
+    released_total: int
+    """Bytes given back with MADV_DONTNEED, cumulative."""
 
 
 class OSMem:
-    """One heap's view of the OS: performs the transitions and counts bytes.
+    """One owner's regions (a heap's arenas, or its metadata): performs the
+    transitions; the shim counts the bytes in ``c`` (a ``ra_os_stats``)."""
 
-    Fresh committed pages count as released: they are not resident until
-    touched and read as zero, exactly like pages given back with DONTNEED.
-    """
-
-    __slots__ = ("_regions", "lock", "ready", "released", "released_total", "reserved")
+    __slots__ = ("_regions", "c")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.reserved = 0
-        self.ready = 0
-        self.released = 0
-        self.released_total = 0  # cumulative bytes given back with release()
-        self._regions: dict[int, tuple[int, bool]] = {}  # base -> (bytes, committed)
+        self.c: Any = ffi.new("ra_os_stats *")
+        self._regions: dict[int, tuple[int, bool]] = {}  # base -> (bytes, ready)
 
     def reserve(self, nbytes: int, align: int) -> int:
         """None -> Reserved: ``nbytes`` of address space aligned to ``align``."""
         out = ffi.new("uintptr_t *")
-        _call(lib.ra_reserve(nbytes, align, out), "reserve")
-        base = int(out[0])
-        with self.lock:
-            self.reserved += nbytes
-            self._regions[base] = (nbytes, False)
-        return base
+        _call(lib.ra_reserve(nbytes, align, out, self.c), "reserve")
+        try:
+            self._regions[int(out[0])] = (nbytes, False)
+        except BaseException:  # interrupted: give it back rather than lose it
+            lib.ra_unmap(out[0], nbytes, 0, self.c)
+            raise
+        return int(out[0])
 
     def commit(self, base: int) -> None:
         """Reserved -> Ready for the whole region at ``base``."""
         nbytes, _ = self._regions[base]
-        _call(lib.ra_commit(base, nbytes), "commit")
-        with self.lock:
-            self.ready += nbytes
-            self.released += nbytes
-            self._regions[base] = (nbytes, True)
+        _call(lib.ra_commit(base, nbytes, self.c), "commit")
+        self._regions[base] = (nbytes, True)
 
     def map(self, nbytes: int) -> int:
         """None -> Ready: ``nbytes`` for metadata, outside fault injection."""
         out = ffi.new("uintptr_t *")
-        _call(lib.ra_map(nbytes, out), "map")
-        base = int(out[0])
-        with self.lock:
-            self.reserved += nbytes
-            self.ready += nbytes
-            self.released += nbytes
-            self._regions[base] = (nbytes, True)
-        return base
+        _call(lib.ra_map(nbytes, out, self.c), "map")
+        try:
+            self._regions[int(out[0])] = (nbytes, True)
+        except BaseException:
+            lib.ra_unmap(out[0], nbytes, 1, self.c)
+            raise
+        return int(out[0])
 
     def release(self, addr: int, nbytes: int) -> None:
         """Ready -> Ready, not resident (madvise DONTNEED): RSS drops now."""
-        _call(lib.ra_release(addr, nbytes), "release")
-        with self.lock:
-            self.released += nbytes
-            self.released_total += nbytes
-
-    def reused(self, nbytes: int) -> None:
-        """Count released bytes that the heap has handed out again."""
-        with self.lock:
-            self.released -= nbytes
+        _call(lib.ra_release(addr, nbytes, self.c), "release")
 
     def abandon(self, base: int) -> None:
         """Unmap the region at ``base``, from which nothing was handed out."""
-        nbytes, committed = self._regions[base]
-        _call(lib.ra_unmap(base, nbytes), "unmap")
-        with self.lock:
-            del self._regions[base]
-            self.reserved -= nbytes
-            if committed:
-                self.ready -= nbytes
-                self.released -= nbytes
+        nbytes, ready = self._regions[base]
+        _call(lib.ra_unmap(base, nbytes, int(ready), self.c), "unmap")
+        del self._regions[base]
 
     def unmap_all(self) -> None:
         """Unmap every region (any -> None); the counters return to zero."""
-        with self.lock:
-            regions, self._regions = self._regions, {}
-            self.reserved = self.ready = self.released = 0
-        for base, (nbytes, _) in regions.items():
-            _call(lib.ra_unmap(base, nbytes), "unmap")
+        regions, self._regions = self._regions, {}
+        for base, (nbytes, ready) in regions.items():
+            _call(lib.ra_unmap(base, nbytes, int(ready), self.c), "unmap")
 
     def stats(self) -> OSMemStats:
-        with self.lock:
-            return OSMemStats(self.reserved, self.ready, self.released)
+        c = self.c
+        return OSMemStats(int(c.reserved), int(c.ready), int(c.released_total))
 
 
 def _faults_from_environment() -> None:

@@ -4,71 +4,84 @@ See realalloc/__init__.py for an overview of the allocator.
 
 ``PageAlloc`` knows which 8 KiB pages of the heap's address ranges are free,
 which free pages were given back to the OS (scavenged), and finds runs of
-free pages address-ordered first fit.  It owns, over the 48-bit address space:
+free pages address-ordered first fit.  Over the 48-bit address space it has:
 
-* one ``PallocData`` per 4 MiB chunk added by ``grow`` (allocation bitmap and
-  scavenged bitmap, 512 bits each);
+* per 4 MiB chunk, the allocation and scavenged bitmaps (512 bits each) in C
+  memory (``ra_chunk``, csrc/pages.h).  C changes them, atomically under the
+  heap's page lock, whenever a span appears or disappears: C frees large
+  objects and empty spans on its own, with no Python running.  Each change
+  pushes the chunk on the C dirty stack;
 * a radix tree of summaries (start, max, end: free pages at the start, the
   longest free run, free pages at the end) with Go's shape: 5 levels, the
   root has 2**14 entries of 16 GiB, every other level splits an entry in 8,
-  the leaves are chunks.  Levels 1-4 are stored as blocks of 8 summaries in a
-  dict keyed by the parent's index, the root as a dict plus its sorted keys,
-  so only the part of the tree over the heap exists.  A search reads at most
-  8 summaries per level (plus the root entries from the search address up),
-  so its cost does not grow with the heap;
-* ``search_addr``: every page below it is allocated, so searches start there;
-* the in-use address ranges, the counters, and the scavenge index (the chunks
-  that may hold free pages not yet scavenged).
+  the leaves are chunks.  Levels 1-4 are blocks of 8 summaries in dicts
+  keyed by the parent's index, the root a dict plus its sorted keys, so only
+  the part of the tree over the heap exists.  A search reads at most 8
+  summaries per level (plus the root entries from the search address up), so
+  its cost does not grow with the heap.  The tree is *derived* from the
+  bitmaps: ``sync`` recomputes the summaries of every chunk on the dirty
+  stack before each search;
+* ``search_addr`` (in C, so that C frees can lower it): every page below it
+  is allocated, so searches start there;
+* the in-use address ranges and the scavenge index (the chunks that may hold
+  free pages not yet scavenged).
+
+Interruptions: every change to the bitmaps is one C call.  ``sync`` and
+``grow`` are resumable: the chunk being summarized (``ra_pages.syncing``) and
+the range being added (``_growing``) are recorded before the work starts, and
+the next call finishes it, so an exception at any point leaves at worst a
+stale summary that is refreshed before it is used.
 
 It touches no memory: ``sys_unused(base, nbytes)``, if given, is called for
-each range that ``scavenge`` releases.  Address 0 is never in the heap; it is
+each run that ``scavenge`` releases.  Address 0 is never in the heap; it is
 the failure value of ``alloc``.
 
 Invariants (checked by ``check``; c ranges over chunks, i over tree indices):
   PAGE-1: leaf[c] == summarize(bits[c]); a leaf slot without a chunk == (0, 0, 0);
           sum[l][i] == merge(sum[l+1][8i .. 8i+7]) for l < 4;
           root keys == {c >> 12 : c a chunk}
-  PAGE-2: scav[c] & bits[c] == 0   (scavenged pages are free; see pallocbits)
-  PAGE-3: npages_total == 512 * #chunks == sum(limit - base for in_use) / PAGE_SIZE;
-          npages_free == sum(popcount(~bits[c]));
-          npages_scavenged == sum(popcount(scav[c]))
+  PAGE-2: scav[c] & bits[c] == 0   (scavenged pages are free)
+  PAGE-3: total == 512 * #chunks == sum(limit - base for in_use) / PAGE_SIZE;
+          free == sum(popcount(~bits[c])); scavenged == sum(popcount(scav[c]))
   PAGE-4: search_addr == MAX_SEARCH_ADDR or some in_use range holds search_addr;
           every heap page below search_addr is allocated
   PAGE-5: in_use is sorted, disjoint, never adjacent, chunk-aligned, and covers
           exactly the chunks; end == 1 + the highest chunk index (0 if none)
-  PAGE-6: popcount(~(bits[c] | scav[c])) > 0  =>  c in scavenge index;
-          scavenge order == sorted(scavenge index)
+  PAGE-6: popcount(~(bits[c] | scav[c])) > 0  =>  c in the scavenge index,
+          which is sorted and has no duplicates
 
-Caller must hold the heap lock; PageAlloc has no lock of its own.
+Locking: the caller holds the heap lock (MHeap.lock) for every method;
+C changes bits under its own page lock at any time.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Final
+from typing import Any, Final
 
 from ..errors import HeapCorruption, InvalidArgumentError, require_int
-from .pagecache import PAGE_CACHE_BYTES, PAGE_CACHE_MASK, PAGE_CACHE_PAGES, PageCache
+from .osmem import ffi, lib
 from .pallocbits import (
     ADDR_LIMIT,
     ALLOCATED_SUM,
-    CHUNK_BYTES,
     CHUNK_MASK,
+    PallocSum,
+    find,
+    highest_run,
+    range_mask,
+    read_chunk,
+    summarize,
+)
+from .sizeclasses import (
+    CHUNK_BYTES,
     CHUNK_SHIFT,
     LOG_PAGES_PER_CHUNK,
     PAGE_SHIFT,
     PAGE_SIZE,
     PAGES_PER_CHUNK,
-    PallocData,
-    PallocSum,
-    find,
-    highest_run,
-    range_mask,
-    summarize,
-    summarize_change,
 )
 
 __all__ = [
@@ -81,7 +94,8 @@ __all__ = [
 
 MAX_SEARCH_ADDR: Final = ADDR_LIMIT
 """search_addr when no page is free."""
-MAX_PAGES: Final = ADDR_LIMIT >> PAGE_SHIFT
+MAX_PAGES: Final = (1 << 46) >> PAGE_SHIFT
+"""Largest request: half of the 47-bit user address space."""
 SUMMARY_LEVELS: Final = 5
 SUMMARY_LEVEL_BITS: Final = 3
 _LEAF: Final = SUMMARY_LEVELS - 1
@@ -94,6 +108,18 @@ _PAGE_IDX: Final = PAGES_PER_CHUNK - 1
 _ROOT_DROP: Final = SUMMARY_LEVEL_BITS * _LEAF
 """chunk index >> _ROOT_DROP is the root index."""
 _LIMIT: Final = attrgetter("limit")
+_OK: Final = lib.RA_OK
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """One consistent copy of the C side, for ``check``."""
+
+    chunks: dict[int, tuple[int, int, bool]]
+    """chunk index -> (allocated bits, scavenged bits, waits on the dirty stack)."""
+    counters: tuple[int, int, int]
+    """(total, free, scavenged) pages."""
+    search_addr: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,54 +148,53 @@ def merge_summaries(sums: list[PallocSum], log_pages: int) -> PallocSum:
 
 
 class PageAlloc:
-    """Free-page bitmaps and summaries of a heap (Go: pageAlloc)."""
+    """Free-page bitmaps (C) and their summaries (Python) of a heap (Go: pageAlloc)."""
 
     __slots__ = (
         "_blocks",
         "_chunks",
         "_end",
+        "_growing",
         "_in_use",
-        "_npages_free",
-        "_npages_scavenged",
-        "_npages_total",
+        "_memory",
         "_root",
         "_root_keys",
-        "_scav_marked",
         "_scav_order",
-        "_search_addr",
         "_sys_unused",
+        "c",
     )
 
-    def __init__(self, sys_unused: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, sys_unused: Callable[[int, int], None] | None = None, c: Any = None) -> None:
+        """``c``: the ``ra_pages *`` to use (a heap passes its own); None
+        allocates one, for a page allocator that stands alone."""
         self._sys_unused = sys_unused
-        self._chunks: dict[int, PallocData] = {}
+        self.c: Any = ffi.new("ra_pages *") if c is None else c
+        self.c.search_addr = MAX_SEARCH_ADDR
+        self._chunks: dict[int, Any] = {}  # chunk index -> ra_chunk *
+        self._memory: list[Any] = []  # chunk bitmaps this allocator made itself
         self._root: dict[int, PallocSum] = {}
         self._root_keys: list[int] = []
         # _blocks[l - 1][p] holds the 8 level-l summaries under level-(l-1) index p.
         self._blocks: tuple[dict[int, list[PallocSum]], ...] = tuple({} for _ in range(_LEAF))
         self._in_use: list[AddrRange] = []
-        self._search_addr = MAX_SEARCH_ADDR
         self._end = 0
-        self._scav_marked: set[int] = set()
         self._scav_order: list[int] = []
-        self._npages_total = 0
-        self._npages_free = 0
-        self._npages_scavenged = 0
+        self._growing: tuple[int, int, tuple[Any, ...]] | None = None
 
     @property
     def npages_total(self) -> int:
         """Pages in the heap (Go: heap in-use address space / pageSize)."""
-        return self._npages_total
+        return int(self.c.total)
 
     @property
     def npages_free(self) -> int:
-        """Free pages, scavenged or not.  Pages held by a PageCache are not free here."""
-        return self._npages_free
+        """Free pages, scavenged or not."""
+        return int(self.c.free)
 
     @property
     def npages_scavenged(self) -> int:
         """Free pages whose memory was released to the OS (Go: heap_released / pageSize)."""
-        return self._npages_scavenged
+        return int(self.c.scavenged)
 
     @property
     def in_use(self) -> tuple[AddrRange, ...]:
@@ -179,18 +204,21 @@ class PageAlloc:
     @property
     def search_addr(self) -> int:
         """Every heap page below this address is allocated."""
-        return self._search_addr
+        return int(self.c.search_addr)
 
     # ---- growth -------------------------------------------------------------
 
-    def grow(self, base: int, nbytes: int) -> None:
-        """Add [base, base+nbytes), chunk-aligned and new, as free and scavenged pages."""
+    def grow(self, base: int, nbytes: int, chunks: Iterable[Any] | None = None) -> None:
+        """Add [base, base+nbytes), chunk-aligned and new, as free and scavenged
+        pages.  ``chunks``: zeroed ``ra_chunk *`` for its chunks, in order
+        (a heap passes its arenas'); None allocates them."""
         b = require_int("base", base, CHUNK_BYTES, ADDR_LIMIT - CHUNK_BYTES)
         n = require_int("nbytes", nbytes, CHUNK_BYTES, ADDR_LIMIT - b)
         if b % CHUNK_BYTES or n % CHUNK_BYTES:
             raise InvalidArgumentError(
                 f"grow range [{b:#x}, {b + n:#x}) is not aligned to {CHUNK_BYTES:#x}"
             )
+        self.sync()
         ranges = self._in_use
         i = bisect_right(ranges, b, key=_LIMIT)
         if i < len(ranges) and ranges[i].base < b + n:
@@ -198,72 +226,166 @@ class PageAlloc:
                 f"grow range [{b:#x}, {b + n:#x}) overlaps the heap range "
                 f"[{ranges[i].base:#x}, {ranges[i].limit:#x})"
             )
+        count = n >> CHUNK_SHIFT
+        if chunks is None:
+            memory = ffi.new("ra_chunk[]", count)
+            self._memory.append(memory)
+            chunks = [memory + k for k in range(count)]
+        given = tuple(chunks)
+        if len(given) != count:
+            raise InvalidArgumentError(f"grow needs {count} chunk bitmaps, got {len(given)}")
+        self._growing = (b, n, given)  # from here on the next call finishes it
+        self._finish_grow()
+
+    def _finish_grow(self) -> None:
+        """Do what is left of the growth recorded in ``_growing``; every step
+        can be repeated, so an interrupted growth is finished by the next call."""
+        assert self._growing is not None
+        b, n, chunks = self._growing
         sc, ec = b >> CHUNK_SHIFT, ((b + n) >> CHUNK_SHIFT) - 1
-        for c in range(sc, ec + 1):
-            self._chunks[c] = PallocData(0, CHUNK_MASK)
         for level in range(1, SUMMARY_LEVELS):
             blocks = self._blocks[level - 1]
             drop = SUMMARY_LEVEL_BITS * (SUMMARY_LEVELS - level)
             for p in range(sc >> drop, (ec >> drop) + 1):
-                if p not in blocks:
-                    blocks[p] = [ALLOCATED_SUM] * _BLOCK
+                blocks.setdefault(p, [ALLOCATED_SUM] * _BLOCK)
+        keys = self._root_keys
         for k in range(sc >> _ROOT_DROP, (ec >> _ROOT_DROP) + 1):
-            if k not in self._root:
-                self._root[k] = ALLOCATED_SUM
-                insort(self._root_keys, k)
-        self._add_in_use(i, b, b + n)
+            self._root.setdefault(k, ALLOCATED_SUM)
+            at = bisect_left(keys, k)
+            if at == len(keys) or keys[at] != k:
+                keys.insert(at, k)
+        ranges = self._in_use
+        i = bisect_right(ranges, b, key=_LIMIT)
+        if i == len(ranges) or ranges[i].base > b:  # not added yet
+            self._add_in_use(i, b, b + n)
         self._end = max(self._end, ec + 1)
-        pages = n >> PAGE_SHIFT
-        self._npages_total += pages
-        self._npages_free += pages
-        self._npages_scavenged += pages
-        # Like a free: new pages below search_addr move it down.
-        self._search_addr = min(self._search_addr, b)
-        self._resummarize(sc, ec)
+        for ci, chunk in zip(range(sc, ec + 1), chunks, strict=True):
+            self._chunks[ci] = chunk
+            if int(chunk.index) != ci:  # not yet handed to C (index 0 is never a chunk)
+                lib.ra_pages_grow(self.c, chunk, ci)
+        self._growing = None
 
     def _add_in_use(self, i: int, base: int, limit: int) -> None:
-        """Insert [base, limit) at index i of in_use, merging with touching neighbours."""
-        ranges = self._in_use
-        if i > 0 and ranges[i - 1].limit == base:
+        """Insert [base, limit) at index i of in_use, merging with touching
+        neighbours.  One assignment replaces the list: never half merged."""
+        new = list(self._in_use)
+        if i > 0 and new[i - 1].limit == base:
             i -= 1
-            base = ranges.pop(i).base
-        if i < len(ranges) and ranges[i].base == limit:
-            limit = ranges.pop(i).limit
-        ranges.insert(i, AddrRange(base, limit))
+            base = new.pop(i).base
+        if i < len(new) and new[i].base == limit:
+            limit = new.pop(i).limit
+        new.insert(i, AddrRange(base, limit))
+        self._in_use = new
+
+    # ---- summaries ----------------------------------------------------------
+
+    def sync(self) -> None:
+        """Finish an interrupted growth, then refresh the summaries of every
+        chunk whose bits C changed since (Go keeps them current under its
+        heap lock; here C changes bits without Python, so Python catches up
+        before it reads them)."""
+        if self._growing is not None:
+            self._finish_grow()
+        c = self.c
+        resumed = bool(c.syncing)  # a refresh was interrupted: redo it in full
+        chunk = lib.ra_pages_sync_step(c, 0)
+        while chunk:
+            self._refresh(int(chunk.index), chunk, resumed)
+            chunk = lib.ra_pages_sync_step(c, 1)
+            resumed = False
+
+    def _refresh(self, ci: int, chunk: Any, force: bool) -> None:
+        bits, scav = read_chunk(chunk)
+        block = self._blocks[-1][ci >> SUMMARY_LEVEL_BITS]
+        new = summarize(bits)
+        changed = block[ci & 7] != new
+        block[ci & 7] = new
+        if changed or force:
+            self._propagate(ci, ci, force)
+        if ~(bits | scav) & CHUNK_MASK:
+            order = self._scav_order
+            at = bisect_left(order, ci)
+            if at == len(order) or order[at] != ci:
+                order.insert(at, ci)
+
+    def _propagate(self, sc: int, ec: int, force: bool = False) -> None:
+        """Merge the leaf summaries over chunks [sc, ec] up to the root, while
+        they change (all the way with ``force``)."""
+        for level in range(_LEAF - 1, -1, -1):
+            children = self._blocks[level]
+            log_pages = LEVEL_SHIFT[level + 1] - PAGE_SHIFT
+            drop = SUMMARY_LEVEL_BITS * (_LEAF - level)
+            parents = self._blocks[level - 1] if level else None
+            changed = False
+            for i in range(sc >> drop, (ec >> drop) + 1):
+                new = merge_summaries(children[i], log_pages)
+                if parents is None:
+                    old = self._root[i]
+                    self._root[i] = new
+                else:
+                    block = parents[i >> SUMMARY_LEVEL_BITS]
+                    old = block[i & 7]
+                    block[i & 7] = new
+                changed = changed or old != new
+            if not changed and not force:
+                return
 
     # ---- allocation ---------------------------------------------------------
 
-    def alloc(self, npages: int) -> tuple[int, int]:
-        """First fit of npages free pages: (base, bytes of them that were scavenged), or (0, 0)."""
+    def find(self, npages: int) -> tuple[int, int, int]:
+        """First fit of npages free pages, without taking them: (base,
+        search_addr to set once they are taken, frees seen), or (0, 0, frees).
+
+        The caller takes the pages with one C call (a heap: ra_span_install),
+        then hands the other two numbers to ``raise_search``.
+        """
         n = require_int("npages", npages, 1, MAX_PAGES)
-        search = self._search_addr
+        # Frees counted before the refresh: one that lands later (another
+        # thread, in C) may be missing from the summaries read below, and then
+        # must stop raise_search from moving search_addr past its pages.
+        frees = int(self.c.frees)
+        self.sync()
+        search = self.search_addr
         ci = search >> CHUNK_SHIFT
         if ci >= self._end:
-            return 0, 0
+            return 0, 0, frees
         idx = (search >> PAGE_SHIFT) & _PAGE_IDX
         # Fast path: the chunk under search_addr has room (Go: alloc before find).
         if (
             n <= PAGES_PER_CHUNK - idx
             and self._blocks[-1][ci >> SUMMARY_LEVEL_BITS][ci & 7][1] >= n
         ):
-            j, first = find(self._chunks[ci].bits, n, idx)
+            j, first = find(read_chunk(self._chunks[ci])[0], n, idx)
             if j < 0:
                 raise HeapCorruption(
                     f"PAGE-1: leaf summary of chunk {ci:#x} promises {n} free pages above "
                     f"page {idx} but its bitmap has none"
                 )
             base = ci << CHUNK_SHIFT
-            addr, new_search = base + (j << PAGE_SHIFT), base + (first << PAGE_SHIFT)
-        else:
-            addr, new_search = self._find(n)
-            if addr < 0:
-                # No single page left means the heap is full; a larger request may just not fit.
-                if n == 1:
-                    self._search_addr = MAX_SEARCH_ADDR
-                return 0, 0
-        scav = self._alloc_pieces(self._pieces(addr, n), n)
-        self._search_addr = max(self._search_addr, new_search)
-        return addr, scav
+            return base + (j << PAGE_SHIFT), base + (first << PAGE_SHIFT), frees
+        addr, new_search = self._find(n)
+        if addr < 0:
+            # No single page left means the heap is full; a larger request may just not fit.
+            if n == 1:
+                lib.ra_pages_raise_search(self.c, MAX_SEARCH_ADDR, frees)
+            return 0, 0, frees
+        return addr, new_search, frees
+
+    def raise_search(self, addr: int, frees_seen: int) -> None:
+        """Move search_addr up to ``addr`` after ``find``'s pages were taken,
+        unless pages were freed since (C compares ``frees_seen``)."""
+        lib.ra_pages_raise_search(self.c, addr, frees_seen)
+
+    def alloc(self, npages: int) -> tuple[int, int]:
+        """First fit of npages free pages, taken: (base, bytes of them that were
+        scavenged), or (0, 0).  For a page allocator that stands alone; a heap
+        takes pages together with their span (MHeap.alloc_span)."""
+        addr, new_search, frees = self.find(npages)
+        if not addr:
+            return 0, 0
+        scav = self._take(self._pieces(addr, npages))
+        self.raise_search(new_search, frees)
+        return addr, scav << PAGE_SHIFT
 
     def _find(self, npages: int) -> tuple[int, int]:
         """Walk the radix tree for the first fit (Go: find).
@@ -272,7 +394,7 @@ class PageAlloc:
         level, the range that surely holds the first free page of the heap: the
         first entry with free pages found inside it becomes the new range.
         """
-        search = self._search_addr
+        search = self.search_addr
         first_lo, first_hi = 0, ADDR_LIMIT - 1
         keys = self._root_keys
         root = self._root
@@ -322,7 +444,7 @@ class PageAlloc:
                         f"pages but none of its level-{level} entries has them"
                     )
                 return -1, MAX_SEARCH_ADDR
-        j, first = find(self._chunks[idx].bits, npages, 0)
+        j, first = find(read_chunk(self._chunks[idx])[0], npages, 0)
         if j < 0:
             raise HeapCorruption(
                 f"PAGE-1: leaf summary of chunk {idx:#x} promises {npages} free pages "
@@ -345,52 +467,21 @@ class PageAlloc:
         pieces = self._pieces(b, n)
         if not self._all_pages(pieces, allocated=False):
             raise InvalidArgumentError(f"alloc_range: pages {self._fmt(b, n)} are not all free")
-        return self._alloc_pieces(pieces, n)
+        return self._take(pieces) << PAGE_SHIFT
 
-    def _alloc_pieces(self, pieces: list[tuple[int, int, int]], npages: int) -> int:
-        chunks = self._chunks
+    def _change(self, ci: int, first: int, n: int, op: int, scav: Any = ffi.NULL) -> int:
+        """One C call changing pages [first, first+n) of chunk ci (RA_PAGES_*)."""
+        return int(lib.ra_pages_change(self.c, self._chunks[ci], first, n, op, scav))
+
+    def _take(self, pieces: list[tuple[int, int, int]]) -> int:
+        out = ffi.new("uint32_t *")
         scav = 0
         for ci, i, n in pieces:
-            scav += chunks[ci].alloc_range(i, n)
-        self._npages_free -= npages
-        self._npages_scavenged -= scav
-        self._update_pieces(pieces)
-        return scav << PAGE_SHIFT
-
-    def alloc_to_cache(self) -> PageCache:
-        """Take every free page of the 64-page block holding the first free page (Go: allocToCache).
-
-        Returns an empty PageCache when no page is free.
-        """
-        search = self._search_addr
-        ci = search >> CHUNK_SHIFT
-        if ci >= self._end:
-            return PageCache()
-        if self._blocks[-1][ci >> SUMMARY_LEVEL_BITS][ci & 7][1]:
-            j, _ = find(self._chunks[ci].bits, 1, (search >> PAGE_SHIFT) & _PAGE_IDX)
-            if j < 0:
-                raise HeapCorruption(
-                    f"PAGE-1: leaf summary of chunk {ci:#x} shows free pages above "
-                    f"{search:#x} but its bitmap has none"
-                )
-            addr = (ci << CHUNK_SHIFT) + (j << PAGE_SHIFT)
-        else:
-            addr, _ = self._find(1)
-            if addr < 0:
-                self._search_addr = MAX_SEARCH_ADDR
-                return PageCache()
-            ci = addr >> CHUNK_SHIFT
-        chunk = self._chunks[ci]
-        base = addr & -PAGE_CACHE_BYTES
-        shift = (base >> PAGE_SHIFT) & _PAGE_IDX
-        cache = ~(chunk.bits >> shift) & PAGE_CACHE_MASK
-        scav = (chunk.scav >> shift) & cache
-        self._npages_scavenged -= chunk.alloc_bits(cache << shift)
-        self._npages_free -= cache.bit_count()
-        self._resummarize(ci, ci)
-        # The whole block went to the cache; its last page is still a heap address.
-        self._search_addr = base + ((PAGE_CACHE_PAGES - 1) << PAGE_SHIFT)
-        return PageCache(base, cache, scav)
+            if self._change(ci, i, n, lib.RA_PAGES_TAKE, out) != _OK:
+                raise HeapCorruption(f"PAGE-1: pages {i}+{n} of chunk {ci:#x} were not free")
+            scav += out[0]
+        self.sync()
+        return scav
 
     # ---- freeing ------------------------------------------------------------
 
@@ -400,65 +491,37 @@ class PageAlloc:
         pieces = self._pieces(b, n)
         if not self._all_pages(pieces, allocated=True):
             raise InvalidArgumentError(f"free: pages {self._fmt(b, n)} are not all allocated")
-        chunks = self._chunks
         for ci, i, k in pieces:
-            chunks[ci].free_range(i, k)
-            self._mark_scavengable(ci)
-        self._npages_free += n
-        self._search_addr = min(self._search_addr, b)
-        self._update_pieces(pieces)
-
-    def free_pages64(self, base: int, free_bits: int, scav_bits: int) -> None:
-        """Free page base+i*8K for each bit i of free_bits; mark those in scav_bits scavenged.
-
-        base is 64-page aligned; this is how a PageCache gives its pages back
-        (Go: pageCache.flush).
-        """
-        b = require_int("base", base, 0, ADDR_LIMIT - PAGE_CACHE_BYTES)
-        f = require_int("free_bits", free_bits, 0, PAGE_CACHE_MASK)
-        s = require_int("scav_bits", scav_bits, 0, PAGE_CACHE_MASK)
-        if b % PAGE_CACHE_BYTES:
-            raise InvalidArgumentError(f"base {b:#x} is not aligned to {PAGE_CACHE_BYTES:#x}")
-        if s & ~f:
-            raise InvalidArgumentError(f"scav_bits {s:#x} marks pages not in free_bits {f:#x}")
-        if not f:
-            return
-        ci = b >> CHUNK_SHIFT
-        chunk = self._chunks.get(ci)
-        if chunk is None:
-            raise InvalidArgumentError(f"base {b:#x} is not in the page heap")
-        shift = (b >> PAGE_SHIFT) & _PAGE_IDX
-        mask = f << shift
-        if ~chunk.bits & mask:
-            raise InvalidArgumentError(
-                f"free_pages64: pages {f:#x} at {b:#x} are not all allocated"
-            )
-        chunk.free_bits(mask)
-        chunk.scav |= s << shift
-        if f & ~s:
-            self._mark_scavengable(ci)
-        self._npages_free += f.bit_count()
-        self._npages_scavenged += s.bit_count()
-        self._search_addr = min(self._search_addr, b)
-        self._resummarize(ci, ci)
+            if self._change(ci, i, k, lib.RA_PAGES_GIVE) != _OK:
+                raise HeapCorruption(f"PAGE-1: pages {i}+{k} of chunk {ci:#x} were not allocated")
+        self.sync()
 
     # ---- scavenging ---------------------------------------------------------
 
     def scavenge(self, nbytes: int) -> int:
         """Release nbytes (rounded up to whole pages) of free, unscavenged pages, highest first.
 
-        Calls sys_unused once per contiguous run; returns the bytes released,
-        less than asked when there is not that much to release.
+        Calls sys_unused once per run; returns the bytes released, less than
+        asked when there is not that much to release.  A run is marked
+        scavenged only after sys_unused returned, so an OS error (or an
+        interruption) leaves every bitmap true: at worst memory already
+        released still counts as resident.
         """
         want = -(-require_int("nbytes", nbytes) // PAGE_SIZE)
-        chunks = self._chunks
+        self.sync()
         order = self._scav_order
-        released = self._release(
-            ((ci, chunks[ci].unscavenged_free()) for ci in reversed(order)), want
+        candidates = (
+            (ci, ~(bits | scav) & CHUNK_MASK)
+            for ci in reversed(order)
+            for bits, scav in (read_chunk(self._chunks[ci]),)
         )
+        released = self._release(candidates, want)
         # Scavenging drains chunks from the top, so the drained ones are a suffix.
-        while order and not chunks[order[-1]].unscavenged_free():
-            self._scav_marked.discard(order.pop())
+        while order:
+            bits, scav = read_chunk(self._chunks[order[-1]])
+            if ~(bits | scav) & CHUNK_MASK:
+                break
+            order.pop()
         return released << PAGE_SHIFT
 
     def scavenge_range(self, base: int, npages: int) -> int:
@@ -467,26 +530,24 @@ class PageAlloc:
         pieces = self._pieces(b, n)
         if not self._all_pages(pieces, allocated=False):
             raise InvalidArgumentError(f"scavenge_range: pages {self._fmt(b, n)} are not all free")
-        chunks = self._chunks
         candidates = (
-            (ci, chunks[ci].unscavenged_free() & range_mask(i, k)) for ci, i, k in reversed(pieces)
+            (ci, ~(bits | scav) & range_mask(i, k))
+            for ci, i, k in reversed(pieces)
+            for bits, scav in (read_chunk(self._chunks[ci]),)
         )
         return self._release(candidates, n) << PAGE_SHIFT
 
     def _release(self, candidates: Iterable[tuple[int, int]], want: int) -> int:
-        """Release up to want pages from (chunk, bitmap of candidates), highest first.
-
-        Runs that touch across a chunk boundary are released in one sys_unused
-        call.  A run is marked scavenged only after its sys_unused returned, so
-        an OS error leaves every bitmap true.  Returns the pages released.
-        """
+        """Release up to want pages from (chunk, bitmap of candidates), highest
+        first.  Runs that touch across a chunk boundary are released in one
+        sys_unused call; each is marked scavenged (in C) only after that call
+        returned.  Returns the pages released."""
         released = 0
         run_lo = run_hi = 0
-        pending: list[tuple[PallocData, int]] = []
+        pending: list[tuple[int, int, int]] = []  # (chunk, first page, pages) of the run
         for ci, free in candidates:
             if released >= want:
                 break
-            chunk = self._chunks[ci]
             base = ci << CHUNK_SHIFT
             while free and released < want:
                 start, end = highest_run(free)
@@ -498,38 +559,37 @@ class PageAlloc:
                     pending = []
                     run_hi = hi
                 run_lo = base + (start << PAGE_SHIFT)
-                pending.append((chunk, range_mask(start, end - start)))
+                pending.append((ci, start, end - start))
                 released += end - start
         self._mark_released(run_lo, run_hi, pending)
         return released
 
-    def _mark_released(self, lo: int, hi: int, pending: list[tuple[PallocData, int]]) -> None:
+    def _mark_released(self, lo: int, hi: int, pending: list[tuple[int, int, int]]) -> None:
         if lo == hi:
             return
         if self._sys_unused is not None:
             self._sys_unused(lo, hi - lo)
-        for chunk, mask in pending:
-            chunk.scav |= mask
-        self._npages_scavenged += (hi - lo) >> PAGE_SHIFT
-
-    def _mark_scavengable(self, ci: int) -> None:
-        if ci not in self._scav_marked:
-            self._scav_marked.add(ci)
-            insort(self._scav_order, ci)
+        for ci, first, n in pending:
+            if self._change(ci, first, n, lib.RA_PAGES_SCAVENGED) != _OK:
+                raise HeapCorruption(f"PAGE-2: released pages of chunk {ci:#x} are not free")
 
     # ---- queries ------------------------------------------------------------
 
     def is_allocated(self, addr: int) -> bool:
-        """Whether the page holding addr is allocated (pages held by a PageCache are)."""
+        """Whether the page holding addr is allocated."""
         chunk, i = self._page(addr)
-        return bool(chunk.bits >> i & 1)
+        return bool(read_chunk(chunk)[0] >> i & 1)
 
     def is_scavenged(self, addr: int) -> bool:
         """Whether the page holding addr is free and released to the OS."""
         chunk, i = self._page(addr)
-        return bool(chunk.scav >> i & 1)
+        return bool(read_chunk(chunk)[1] >> i & 1)
 
-    def _page(self, addr: int) -> tuple[PallocData, int]:
+    def chunks(self) -> list[tuple[int, int, int]]:
+        """(chunk base address, allocated bits, scavenged bits) of every chunk, in order."""
+        return [(ci << CHUNK_SHIFT, *read_chunk(self._chunks[ci])) for ci in sorted(self._chunks)]
+
+    def _page(self, addr: int) -> tuple[Any, int]:
         a = require_int("addr", addr, 0, ADDR_LIMIT - 1)
         chunk = self._chunks.get(a >> CHUNK_SHIFT)
         if chunk is None:
@@ -544,6 +604,7 @@ class PageAlloc:
         n = require_int("npages", npages, 1, (ADDR_LIMIT - b) >> PAGE_SHIFT)
         if b % PAGE_SIZE:
             raise InvalidArgumentError(f"base {b:#x} is not aligned to {PAGE_SIZE:#x}")
+        self.sync()
         ranges = self._in_use
         i = bisect_right(ranges, b, key=_LIMIT)
         if i == len(ranges) or ranges[i].base > b or ranges[i].limit < b + (n << PAGE_SHIFT):
@@ -571,65 +632,43 @@ class PageAlloc:
 
     def _all_pages(self, pieces: list[tuple[int, int, int]], *, allocated: bool) -> bool:
         """Whether every page of the pieces is allocated (allocated=True), or every one is free."""
-        chunks = self._chunks
         for ci, i, n in pieces:
             mask = range_mask(i, n)
-            if chunks[ci].bits & mask != (mask if allocated else 0):
+            if read_chunk(self._chunks[ci])[0] & mask != (mask if allocated else 0):
                 return False
         return True
-
-    def _update_pieces(self, pieces: list[tuple[int, int, int]]) -> None:
-        """Refresh the summaries after each piece was wholly allocated or wholly freed."""
-        chunks = self._chunks
-        leaves = self._blocks[-1]
-        changed = False
-        for ci, i, n in pieces:
-            block = leaves[ci >> SUMMARY_LEVEL_BITS]
-            old = block[ci & 7]
-            new = summarize_change(chunks[ci].bits, old, i, n)
-            if new != old:
-                block[ci & 7] = new
-                changed = True
-        if changed:
-            self._propagate(pieces[0][0], pieces[-1][0])
-
-    def _resummarize(self, sc: int, ec: int) -> None:
-        """Recompute the summaries over chunks [sc, ec] from their bitmaps (Go: update)."""
-        chunks = self._chunks
-        leaves = self._blocks[-1]
-        for c in range(sc, ec + 1):
-            leaves[c >> SUMMARY_LEVEL_BITS][c & 7] = summarize(chunks[c].bits)
-        self._propagate(sc, ec)
-
-    def _propagate(self, sc: int, ec: int) -> None:
-        """Merge changed leaf summaries over chunks [sc, ec] up to the root, while they change."""
-        for level in range(_LEAF - 1, -1, -1):
-            children = self._blocks[level]
-            log_pages = LEVEL_SHIFT[level + 1] - PAGE_SHIFT
-            drop = SUMMARY_LEVEL_BITS * (_LEAF - level)
-            parents = self._blocks[level - 1] if level else None
-            changed = False
-            for i in range(sc >> drop, (ec >> drop) + 1):
-                new = merge_summaries(children[i], log_pages)
-                if parents is None:
-                    old = self._root[i]
-                    self._root[i] = new
-                else:
-                    block = parents[i >> SUMMARY_LEVEL_BITS]
-                    old = block[i & 7]
-                    block[i & 7] = new
-                changed = changed or old != new
-            if not changed:
-                return
 
     # ---- invariants ---------------------------------------------------------
 
     def check(self) -> None:
-        """Verify PAGE-1 ... PAGE-6; raise HeapCorruption naming the first that fails."""
+        """Verify PAGE-1 ... PAGE-6; raise HeapCorruption naming the first that fails.
+
+        Works on one consistent copy of the C bitmaps and counters.  Other
+        threads may free pages meanwhile; chunks they changed wait on the
+        dirty stack and are not compared with their (legitimately stale)
+        summaries.  With the world stopped (Heap.check) nothing is left out.
+        """
+        self.sync()
         self._check_ranges()
-        self._check_bitmaps()
-        self._check_summaries()
-        self._check_search_addr()
+        snap = self._snapshot()
+        self._check_bitmaps(snap)
+        self._check_summaries(snap)
+        self._check_search_addr(snap)
+
+    def _snapshot(self) -> _Snapshot:
+        order = sorted(self._chunks)
+        n = len(order)
+        out = ffi.new("uint64_t[]", 17 * n + 4)
+        lib.ra_pages_snapshot(self.c, [self._chunks[ci] for ci in order], n, out)
+        words = ffi.unpack(out, 17 * n + 4)
+        chunks = {}
+        for k, ci in enumerate(order):
+            w = words[17 * k : 17 * k + 17]
+            bits = sum(x << (64 * i) for i, x in enumerate(w[:8]))
+            scav = sum(x << (64 * i) for i, x in enumerate(w[8:16]))
+            chunks[ci] = (bits, scav, bool(w[16]))
+        total, free, scavenged, search = words[17 * n : 17 * n + 4]
+        return _Snapshot(chunks, (total, free, scavenged), search)
 
     def _check_ranges(self) -> None:
         prev_limit = -1
@@ -652,40 +691,39 @@ class PageAlloc:
         if self._end != end:
             raise HeapCorruption(f"PAGE-5: end is {self._end:#x}, chunks say {end:#x}")
 
-    def _check_bitmaps(self) -> None:
-        free = scav = 0
-        for ci, chunk in self._chunks.items():
-            if not (0 <= chunk.bits <= CHUNK_MASK and 0 <= chunk.scav <= CHUNK_MASK):
-                raise HeapCorruption(f"PAGE-2: chunk {ci:#x} has a bitmap wider than 512 bits")
-            if chunk.scav & chunk.bits:
+    def _check_bitmaps(self, snap: _Snapshot) -> None:
+        free = scav_total = 0
+        for ci, (bits, scav, dirty) in snap.chunks.items():
+            if scav & bits:
                 raise HeapCorruption(
-                    f"PAGE-2: chunk {ci:#x} has allocated pages marked scavenged: "
-                    f"{chunk.scav & chunk.bits:#x}"
+                    f"PAGE-2: chunk {ci:#x} has allocated pages marked scavenged: {scav & bits:#x}"
                 )
-            if chunk.unscavenged_free() and ci not in self._scav_marked:
+            if ~(bits | scav) & CHUNK_MASK and not dirty and ci not in self._scav_order:
                 raise HeapCorruption(
                     f"PAGE-6: chunk {ci:#x} has free unscavenged pages but is not indexed"
                 )
-            free += PAGES_PER_CHUNK - chunk.bits.bit_count()
-            scav += chunk.scav.bit_count()
-        if self._scav_order != sorted(self._scav_marked):
-            raise HeapCorruption("PAGE-6: scavenge order disagrees with the scavenge index")
-        total = len(self._chunks) * PAGES_PER_CHUNK
-        counters = (self._npages_total, self._npages_free, self._npages_scavenged)
-        if counters != (total, free, scav):
+            free += PAGES_PER_CHUNK - bits.bit_count()
+            scav_total += scav.bit_count()
+        order = self._scav_order
+        if order != sorted(set(order)):
+            raise HeapCorruption("PAGE-6: the scavenge index is not sorted without duplicates")
+        total = len(snap.chunks) * PAGES_PER_CHUNK
+        if snap.counters != (total, free, scav_total):
             raise HeapCorruption(
-                f"PAGE-3: counters (total, free, scavenged) = {counters}, "
-                f"bitmaps say {(total, free, scav)}"
+                f"PAGE-3: counters (total, free, scavenged) = {snap.counters}, "
+                f"bitmaps say {(total, free, scav_total)}"
             )
 
-    def _check_summaries(self) -> None:
+    def _check_summaries(self, snap: _Snapshot) -> None:
         leaves = self._blocks[-1]
         if leaves.keys() != {c >> SUMMARY_LEVEL_BITS for c in self._chunks}:
             raise HeapCorruption("PAGE-1: leaf blocks do not match the chunks")
         for p, block in leaves.items():
             for j, got in enumerate(block):
-                chunk = self._chunks.get((p << SUMMARY_LEVEL_BITS) + j)
-                want = ALLOCATED_SUM if chunk is None else summarize(chunk.bits)
+                chunk = snap.chunks.get((p << SUMMARY_LEVEL_BITS) + j)
+                if chunk is not None and chunk[2]:
+                    continue  # changed since the last refresh: the next sync fixes it
+                want = ALLOCATED_SUM if chunk is None else summarize(chunk[0])
                 if got != want:
                     raise HeapCorruption(
                         f"PAGE-1: leaf summary {(p << SUMMARY_LEVEL_BITS) + j:#x} is {got}, "
@@ -709,16 +747,16 @@ class PageAlloc:
                         f"PAGE-1: level-{level} summary {i:#x} is {got}, its children say {want}"
                     )
 
-    def _check_search_addr(self) -> None:
-        search = self._search_addr
+    def _check_search_addr(self, snap: _Snapshot) -> None:
+        search = snap.search_addr
         if search != MAX_SEARCH_ADDR and self._mapped_at_or_above(search) != search:
             raise HeapCorruption(f"PAGE-4: search_addr {search:#x} is not in the heap")
-        for ci, chunk in self._chunks.items():
+        for ci, (bits, _, _) in snap.chunks.items():
             below = (search >> PAGE_SHIFT) - (ci << LOG_PAGES_PER_CHUNK)
             if below <= 0:
                 continue
             mask = CHUNK_MASK if below >= PAGES_PER_CHUNK else (1 << below) - 1
-            if ~chunk.bits & mask:
+            if ~bits & mask:
                 raise HeapCorruption(
                     f"PAGE-4: chunk {ci:#x} has free pages below search_addr {search:#x}"
                 )

@@ -1,43 +1,35 @@
-"""Per-chunk page bitmaps (Go: runtime/mpallocbits.go, types pallocBits and pallocData).
+"""Queries on per-chunk page bitmaps (Go: runtime/mpallocbits.go, pallocBits).
 
 See realalloc/__init__.py for an overview of the allocator.
 
 A chunk is 512 pages of 8 KiB (4 MiB).  Its allocation bitmap and its
-scavenged bitmap are each one Python int used as a 512-bit set: bit i is
-page i of the chunk.  In the allocation bitmap 1 means allocated and 0 free
-(Go's convention); in the scavenged bitmap 1 means the page's memory was
-given back to the OS.  Searches work on whole ints with shift-and tricks, so
-finding a run of n free pages costs O(log n) big-int operations instead of a
-loop over pages.
+scavenged bitmap live in C memory (``ra_chunk``, csrc/pages.h), where C
+changes them atomically under the heap's page lock; Python reads each as one
+512-bit int (``read_chunk``): bit i is page i of the chunk.  In the
+allocation bitmap 1 means allocated and 0 free (Go's convention); in the
+scavenged bitmap 1 means the page's memory was given back to the OS.
+Searches work on whole ints with shift-and tricks, so finding a run of n
+free pages costs O(log n) big-int operations instead of a loop over pages.
 
-This module owns the page-size constants of the page allocator, the bitmap
-queries (summarize, find, runs) as pure functions on ints, and ``PallocData``,
-the mutable pair of bitmaps of one chunk.
+This module owns the bitmap queries (summarize, find, runs) as pure
+functions on ints.  No state, no locks.
 
-Invariants (of a ``PallocData`` d; checked by ``PageAlloc.check``):
-  PAGE-2: d.scav & d.bits == 0   (a scavenged page is free)
-          0 <= d.bits < 2**512 and 0 <= d.scav < 2**512
-
-Caller must hold the heap lock; PageAlloc has no lock of its own.
+Invariant of a chunk's bitmaps (checked by ``PageAlloc.check``):
+  PAGE-2: scav & alloc == 0   (a scavenged page is free)
 """
 
 from __future__ import annotations
 
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
+
+from .osmem import ffi
+from .sizeclasses import HEAP_ADDR_BITS, PAGES_PER_CHUNK
 
 __all__ = [
     "ADDR_LIMIT",
     "ALLOCATED_SUM",
-    "CHUNK_BYTES",
     "CHUNK_MASK",
-    "CHUNK_SHIFT",
     "FREE_CHUNK_SUM",
-    "HEAP_ADDR_BITS",
-    "LOG_PAGES_PER_CHUNK",
-    "PAGES_PER_CHUNK",
-    "PAGE_SHIFT",
-    "PAGE_SIZE",
-    "PallocData",
     "PallocSum",
     "find",
     "find_bit_range",
@@ -45,19 +37,12 @@ __all__ = [
     "longest_run",
     "lowest_bit",
     "range_mask",
+    "read_chunk",
     "summarize",
-    "summarize_change",
 ]
 
-HEAP_ADDR_BITS: Final = 48
 ADDR_LIMIT: Final = 1 << HEAP_ADDR_BITS
 """Addresses are below this (Go: heapAddrBits on 64-bit)."""
-PAGE_SHIFT: Final = 13
-PAGE_SIZE: Final = 1 << PAGE_SHIFT
-LOG_PAGES_PER_CHUNK: Final = 9
-PAGES_PER_CHUNK: Final = 1 << LOG_PAGES_PER_CHUNK
-CHUNK_SHIFT: Final = PAGE_SHIFT + LOG_PAGES_PER_CHUNK
-CHUNK_BYTES: Final = 1 << CHUNK_SHIFT
 CHUNK_MASK: Final = (1 << PAGES_PER_CHUNK) - 1
 """All 512 bits of a chunk bitmap set."""
 
@@ -136,29 +121,6 @@ def summarize(bits: int) -> PallocSum:
     )
 
 
-def summarize_change(bits: int, old: PallocSum, i: int, n: int) -> PallocSum:
-    """Summary of bits after pages [i, i+n) were all allocated or all freed; old is from before.
-
-    Cheaper than summarize: only the run around [i, i+n) can change max.  A
-    free can only lengthen it; an allocation can only shorten it, which
-    matters only when it was a longest run.
-    """
-    if not bits:
-        return FREE_CHUNK_SUM
-    if bits == CHUNK_MASK:
-        return ALLOCATED_SUM
-    lo = (bits & ((1 << i) - 1)).bit_length()
-    above = bits >> (i + n)
-    run = (lowest_bit(above) + i + n if above else PAGES_PER_CHUNK) - lo
-    most = old[1]
-    if bits >> i & 1:
-        if run >= most:
-            most = longest_run(bits ^ CHUNK_MASK)
-    elif run > most:
-        most = run
-    return lowest_bit(bits), most, PAGES_PER_CHUNK - bits.bit_length()
-
-
 def find(bits: int, npages: int, search_idx: int) -> tuple[int, int]:
     """First fit of npages (1..512) free pages at or above page search_idx.
 
@@ -175,34 +137,14 @@ def find(bits: int, npages: int, search_idx: int) -> tuple[int, int]:
     return find_bit_range(free, npages), first
 
 
-class PallocData:
-    """Allocation and scavenged bitmaps of one chunk (Go: pallocData)."""
+def read_chunk(chunk: Any) -> tuple[int, int]:
+    """(allocated, scavenged) bitmaps of a C ``ra_chunk *`` as 512-bit ints.
 
-    __slots__ = ("bits", "scav")
-
-    def __init__(self, bits: int = 0, scav: int = 0) -> None:
-        self.bits = bits
-        self.scav = scav
-
-    def alloc_bits(self, mask: int) -> int:
-        """Mark the pages in mask allocated and unscavenged; return how many were scavenged."""
-        released = (self.scav & mask).bit_count()
-        self.bits |= mask
-        self.scav &= ~mask
-        return released
-
-    def alloc_range(self, i: int, n: int) -> int:
-        """Allocate pages [i, i+n); return how many of them were scavenged."""
-        return self.alloc_bits(range_mask(i, n))
-
-    def free_bits(self, mask: int) -> None:
-        """Mark the pages in mask free; their scavenged bits stay clear (they hold data)."""
-        self.bits &= ~mask
-
-    def free_range(self, i: int, n: int) -> None:
-        """Free pages [i, i+n)."""
-        self.free_bits(range_mask(i, n))
-
-    def unscavenged_free(self) -> int:
-        """Bitmap of the pages that are free and still backed by memory."""
-        return ~(self.bits | self.scav) & CHUNK_MASK
+    C owns the bits (csrc/pages.h changes them under the page lock); a reader
+    without that lock may see a change half made, which the caller's next
+    refresh from the dirty stack corrects.
+    """
+    return (
+        int.from_bytes(ffi.buffer(chunk.alloc), "little"),
+        int.from_bytes(ffi.buffer(chunk.scav), "little"),
+    )

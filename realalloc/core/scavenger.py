@@ -15,19 +15,27 @@ checks every ``IDLE_SECONDS``.
 
 ``Heap.scavenge`` is the explicit, synchronous form.
 
-Locking: a step takes ``MHeap.lock`` (through ``MHeap.scavenge_excess``).
-The thread holds only a weak reference to its heap between steps, so an
-unreferenced heap can still be collected; ``stop`` ends it and waits.
+Life cycle: the thread starts when the heap first maps memory, so an unused
+heap (the default one) costs no thread.  It holds only a weak reference to
+its heap between steps, so an unreferenced heap can still be collected.
+``stop`` ends it and waits for the step in progress, except on its own
+thread and during interpreter finalization, where waiting could hang
+(realalloc/core/lifecycle.py).  In a forked child the thread does not
+exist: ``forget`` drops it and the next ``start`` makes a new one.
+
+Locking: a step runs inside the heap (``heap._guard``: close waits for it)
+and takes ``MHeap.lock`` through ``MHeap.scavenge_excess``.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
-from ..errors import HeapClosedError, ShimError
+from ..errors import HeapClosedError, ReentrancyError, ShimError
 
 if TYPE_CHECKING:
     from .heap import Heap
@@ -48,15 +56,21 @@ class BackgroundScavenger:
     def __init__(self, heap: Heap) -> None:
         self._heap = weakref.ref(heap)
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.released = 0  # bytes released so far
         self.failures = 0  # steps the OS refused
-        self._thread = threading.Thread(target=self._run, name="realalloc-scavenger", daemon=True)
 
     def start(self) -> None:
-        """Start the thread (idempotent).  The heap calls this when it first
-        maps memory, so an unused heap, like the default one, costs no thread."""
-        if not self._thread.is_alive() and not self._stop.is_set():
-            self._thread.start()
+        """Start the thread unless it runs or was stopped."""
+        if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
+            return
+        thread = threading.Thread(target=self._run, name="realalloc-scavenger", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def forget(self) -> None:
+        """Drop the thread object of a parent process (in a forked child)."""
+        self._thread = None
 
     def _run(self) -> None:
         pause = IDLE_SECONDS
@@ -66,22 +80,31 @@ class BackgroundScavenger:
                 return
             released, spent = 0, 0.0
             try:
-                # Sweeping is the heap's own deferred work (Go's background
-                # sweeper), not scavenging: it does not count against the budget.
-                heap.reclaim()  # emptied spans back to MHeap: their pages are free
-                start = time.perf_counter()
-                released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
-                spent = time.perf_counter() - start
-            except (ShimError, HeapClosedError):
-                # The OS refused (or the heap closed meanwhile): the pages stay
-                # resident and counted as such; try again after a pause.
+                with heap._guard:
+                    # Sweeping is the heap's own deferred work (Go's background
+                    # sweeper), not scavenging: it does not count against the budget.
+                    heap.central.reclaim()  # emptied spans back to MHeap: their pages are free
+                    start = time.perf_counter()
+                    released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
+                    spent = time.perf_counter() - start
+            except (ShimError, ReentrancyError):
+                # The OS refused: the pages stay resident and counted as such;
+                # try again after a pause.
                 self.failures += 1
+            except HeapClosedError:
+                return
             del heap
             self.released += released
             pause = max(spent / BUDGET - spent, 0.001) if released else IDLE_SECONDS
 
     def stop(self) -> None:
-        """End the thread (waits for a step in progress)."""
+        """End the thread; wait for a step in progress where that is safe."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        thread = self._thread
+        if (
+            thread is not None
+            and thread.is_alive()
+            and thread is not threading.current_thread()
+            and not sys.is_finalizing()
+        ):
+            thread.join(timeout=10)

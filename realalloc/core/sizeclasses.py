@@ -17,8 +17,10 @@ them at run time and raises HeapCorruption whose message starts with the ID):
 
 * SC-1: CLASS_TO_SIZE is strictly increasing, from CLASS_TO_SIZE[0] == 0 to
   CLASS_TO_SIZE[-1] == MAX_SMALL_SIZE, with NUM_SIZE_CLASSES entries.
-* SC-2: size_to_class(n) is the smallest class whose size >= n, for
-  0 <= n <= MAX_SMALL_SIZE; it is 0 (large) for n > MAX_SMALL_SIZE.
+* SC-2: size_to_class(n) is the smallest class whose size >= max(n, 1), for
+  0 <= n <= MAX_SMALL_SIZE; it is 0 (large) for n > MAX_SMALL_SIZE.  (Size 0
+  takes the smallest class, a unique object, where Go returns one shared
+  zero-size address.)
 * SC-3: every class size is a multiple of 8, of 16 from 32 bytes on, and of
   LARGE_SIZE_DIV above SMALL_SIZE_MAX (so both lookup tables are exact).
 * SC-4: a span of class c holds at least one object and its tail waste
@@ -29,7 +31,9 @@ them at run time and raises HeapCorruption whose message starts with the ID):
   inverse; span classes are 0 <= spc < NUM_SPAN_CLASSES.
 * SC-7: roundupsize(n) >= n; for small n it is class_to_size(size_to_class(n)),
   for large n the next multiple of PAGE_SIZE.
-* SC-8: realalloc/core/_sizetables.py is exactly what tools/mksizeclasses.py writes.
+* SC-8: realalloc/core/_sizetables.py and csrc/sizeclasses.h are exactly what
+  tools/mksizeclasses.py writes; the C fast path was compiled from the same
+  numbers (tests/test_sizeclasses.py asks it for every size).
 
 Concurrency: no locks.  Everything here is an immutable table or a pure
 function, safe to use from any thread.
@@ -42,10 +46,15 @@ from itertools import pairwise
 from typing import Final
 
 from realalloc.core._sizetables import (
+    ARENA_L1_BITS,
+    ARENA_L2_BITS,
+    ARENA_SHIFT,
     CLASS_TO_DIVMAGIC,
     CLASS_TO_NPAGES,
     CLASS_TO_SIZE,
+    HEAP_ADDR_BITS,
     LARGE_SIZE_DIV,
+    LOG_PAGES_PER_CHUNK,
     MAX_SMALL_SIZE,
     NUM_SIZE_CLASSES,
     PAGE_SHIFT,
@@ -54,17 +63,29 @@ from realalloc.core._sizetables import (
     SIZE_TO_CLASS128,
     SMALL_SIZE_DIV,
     SMALL_SIZE_MAX,
+    TINY_SIZE,
+    TINY_SIZE_CLASS,
 )
 from realalloc.errors import ArgumentTypeError, HeapCorruption, require_int
 
 __all__ = [
+    "ARENA_BYTES",
+    "ARENA_L1_BITS",
+    "ARENA_L2_BITS",
+    "ARENA_SHIFT",
+    "CHUNK_BYTES",
+    "CHUNK_SHIFT",
     "CLASS_TO_DIVMAGIC",
     "CLASS_TO_NPAGES",
     "CLASS_TO_SIZE",
+    "HEAP_ADDR_BITS",
     "LARGE_SIZE_DIV",
+    "LOG_PAGES_PER_CHUNK",
     "MAX_SMALL_SIZE",
     "NUM_SIZE_CLASSES",
     "NUM_SPAN_CLASSES",
+    "PAGES_PER_ARENA",
+    "PAGES_PER_CHUNK",
     "PAGE_SHIFT",
     "PAGE_SIZE",
     "SIZE_TO_CLASS8",
@@ -72,6 +93,8 @@ __all__ = [
     "SMALL_SIZE_DIV",
     "SMALL_SIZE_MAX",
     "TINY_SIZE",
+    "TINY_SIZE_CLASS",
+    "TINY_SPAN_CLASS",
     "SizeClassInfo",
     "check_tables",
     "class_to_npages",
@@ -90,8 +113,17 @@ __all__ = [
 NUM_SPAN_CLASSES: Final = NUM_SIZE_CLASSES << 1
 """Number of span classes: every size class, with and without the noscan bit."""
 
-TINY_SIZE: Final = 16
-"""Block size of the tiny allocator, which packs small noscan objects (size < 16)."""
+TINY_SPAN_CLASS: Final = TINY_SIZE_CLASS << 1 | 1
+"""The span class of tiny blocks: 16-byte noscan objects."""
+
+# Heap geometry, derived from the generated constants (Go, linux/amd64).
+ARENA_BYTES: Final = 1 << ARENA_SHIFT
+"""A heap arena: 64 MiB of address space, aligned to its size."""
+PAGES_PER_ARENA: Final = ARENA_BYTES >> PAGE_SHIFT
+PAGES_PER_CHUNK: Final = 1 << LOG_PAGES_PER_CHUNK
+"""A chunk: the page allocator's bitmap unit (Go: pallocChunkPages)."""
+CHUNK_SHIFT: Final = PAGE_SHIFT + LOG_PAGES_PER_CHUNK
+CHUNK_BYTES: Final = 1 << CHUNK_SHIFT
 
 _UINTPTR_MAX: Final = (1 << 64) - 1
 _LAST_CLASS: Final = NUM_SIZE_CLASSES - 1
@@ -103,6 +135,8 @@ _LAST_SPAN_CLASS: Final = NUM_SPAN_CLASSES - 1
 
 def _lookup(size: int) -> int:
     """Class of a validated size; two table reads, no loop (SC-2)."""
+    if size == 0:
+        return 1  # a unique smallest object, as the C fast path gives
     if size <= SMALL_SIZE_MAX - SMALL_SIZE_DIV:
         return SIZE_TO_CLASS8[(size + SMALL_SIZE_DIV - 1) // SMALL_SIZE_DIV]
     if size <= MAX_SMALL_SIZE:
@@ -114,7 +148,8 @@ def size_to_class(size: int) -> int:
     """Return the size class for an object of ``size`` bytes, 0 if it is large.
 
     Small sizes (``<= MAX_SMALL_SIZE``) get the smallest class that holds them;
-    size 0 maps to class 0 as in Go.  Raises ArgumentTypeError for a non-int and
+    size 0 gets class 1 (Go maps it to class 0 and hands out one shared
+    zero-size address; realalloc gives a unique object).  Raises ArgumentTypeError for a non-int and
     InvalidArgumentError for a negative size.
     """
     return _lookup(require_int("size", size))
@@ -302,7 +337,7 @@ def check_tables() -> None:
 
     c = 0
     for n in range(MAX_SMALL_SIZE + 1):
-        while sizes[c] < n:
+        while sizes[c] < max(n, 1):
             c += 1
         got = _lookup(n)
         if got != c:

@@ -2,60 +2,59 @@
 
 See realalloc/__init__.py for an overview of the allocator.
 
-A span's record is a ``ra_span`` struct in C memory (fields in csrc/shim.h),
-allocated from the heap's ``FixAlloc`` and named by its index there, ``id``.
+A span's record is a ``ra_span`` struct in C memory (fields in csrc/shim.h)
+with its bitmaps right after it, taken from one of the heap's record pools
+(realalloc/core/fixalloc.py) and named by ``id`` (pool << 24 | record).
 No Python object lives per span: ``MSpan`` is a short-lived handle around a
-``ra_span *`` for Python code, and central lists link spans through the
+``ra_span *`` for Python code; central lists (in C) link spans through the
 struct's own ``next``/``prev`` fields.  Field names follow Go's mspan in
 snake_case: ``base`` (startAddr), ``npages``, ``state``, ``spanclass``,
-``elemsize``, ``nelems``, ``free_index``, ``alloc_cache``, ``alloc_bits``,
-``alloc_count``.
+``elemsize``, ``nelems``, ``free_index``, ``alloc_cache``, ``alloc_count``.
 
-States (Go: mSpanState)::
+States (Go: mSpanState); each change is one C call (csrc/pages.h)::
 
-    FREE --MHeap.alloc_span--> MANUAL   whole pages for the caller
-    FREE --MHeap.alloc_span--> IN_USE   objects of one span class, or one large object
-    MANUAL / IN_USE --MHeap.free_span_locked--> FREE (the record is recycled)
+    FREE --ra_span_install--> MANUAL   whole pages for the caller
+    FREE --ra_span_install--> IN_USE   objects of one span class, or one large object
+    MANUAL / IN_USE --ra_span_uninstall--> FREE (the record goes back to its pool)
 
 Object slots of an IN_USE span (see csrc/spanbits.h for the kernels)::
 
     slot:        0   1   2   3   4   5   6   7 ...  nelems-1 | padding to 64
-    alloc_bits:  1   1   0   1   0   0   0   0 ...           | 1 1 1
-                         ^ free_index = 2: every slot below is allocated
-    alloc_cache: ~alloc_bits shifted so bit 0 is slot free_index
-    free_bits:   slots freed by any thread, applied by the next sweep
+    alloc bits:  1   1   0   1   0   0   0   0 ...           | 1 1 1
+                     ^ free_index = 2: the next-free scan resumes here
+    alloc_cache: free slots from free_index on, as bits (a subset of ~alloc bits)
+    free bits:   slots freed by threads whose cache does not hold the span,
+                 cleared from the alloc bits by the next sweep
 
 Invariants (checked by ``check_span``):
   SPAN-1: base is page aligned; npages >= 1; state != FREE for a live record.
-  SPAN-2: elemsize * nelems <= npages * PAGE_SIZE; div_magic divides exactly.
-  SPAN-3: free_index <= nelems; alloc_cache == (~alloc_bits >> free_index) over
-          the rest of free_index's word; padding bits of alloc_bits are set.
-  SPAN-4: nfreed == popcount(free_bits); free_bits only on allocated slots.
-  SPAN-5: uncached: alloc_count == popcount(alloc_bits over slots) + handed-out
-          slots below free_index that alloc_bits does not have.
+  SPAN-2: elemsize * nelems <= npages * PAGE_SIZE; the class's divmagic divides
+          exactly.
+  SPAN-3: free_index <= nelems; padding bits of the alloc bits are set;
+          alloc_cache claims no allocated slot free.
+  SPAN-4: nfreed == popcount(free bits); free bits only on allocated slots.
+  SPAN-5: alloc_count == popcount(alloc bits over the slots).
   SPAN-6: tiny state words are nonzero only on allocated slots of the tiny
           span class.
 
 Locking: a span's fields are written by the thread whose cache holds it
-(``cached == 1``) or, when uncached, under its span class's central lock; a
-state change needs ``MHeap.lock``.  ``free_bits``, ``nfreed``, ``cached``,
-``in_dirty`` and ``tiny_state`` are atomic and written by any thread in C.
+(``cached == 1``) or, when uncached, under its central's lock (both in C);
+state, base and npages under the heap's page lock.  Free bits, ``nfreed``,
+``cached``, ``in_dirty`` and tiny state words are atomics.  Python reads
+them; it writes none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any
 
 from ..errors import HeapCorruption
-from .osmem import PAGE_SIZE, ffi, lib
+from .osmem import ffi, lib
+from .sizeclasses import CLASS_TO_DIVMAGIC, PAGE_SIZE, TINY_SPAN_CLASS
 
-__all__ = ["MSpan", "SpanInfo", "SpanList", "SpanState", "check_span"]
-
-
-_NULL: Final = ffi.NULL
+__all__ = ["MSpan", "SpanInfo", "SpanState", "check_span", "span_bits", "tiny_states"]
 
 
 class SpanState(IntEnum):
@@ -88,6 +87,9 @@ class SpanInfo:
     """True when the objects hold no pointers (Go's noscan)."""
     state: SpanState
     """IN_USE for object spans, MANUAL for whole-page spans."""
+    idle: bool
+    """An empty span a central list keeps for reuse: its pages count in
+    MemStats.heap_idle, not heap_inuse (Go would have freed it)."""
 
 
 class MSpan:
@@ -154,6 +156,7 @@ class MSpan:
             allocated=int(c.alloc_count) - int(c.nfreed),
             noscan=bool(spc & 1),
             state=SpanState(c.state),
+            idle=c.list == lib.RA_LIST_EMPTY,
         )
 
     def __repr__(self) -> str:
@@ -163,67 +166,25 @@ class MSpan:
         )
 
 
-class SpanList:
-    """An intrusive doubly linked list of spans through ``ra_span.next/prev``
-    (Go: mSpanList).  ``tag`` is stored in each member's ``list`` field so a
-    span knows which list holds it.  Caller must hold the owner's lock."""
-
-    __slots__ = ("count", "first", "tag")
-
-    def __init__(self, tag: int) -> None:
-        self.tag = tag
-        self.first: Any = _NULL
-        self.count = 0
-
-    # cdata pointers are tested by truth (a NULL pointer is false): much
-    # cheaper than comparing with ffi.NULL on this slow-but-hot path.
-
-    def push(self, s: Any) -> None:
-        if s.list:
-            raise HeapCorruption(f"LIST-1: span {int(s.id)} is already on list {int(s.list)}")
-        first = self.first
-        s.prev = _NULL
-        s.next = first
-        if first:
-            first.prev = s
-        self.first = s
-        s.list = self.tag
-        self.count += 1
-
-    def remove(self, s: Any) -> None:
-        if s.list != self.tag:
-            raise HeapCorruption(f"LIST-1: span {int(s.id)} is not on list {self.tag}")
-        prev, after = s.prev, s.next
-        if prev:
-            prev.next = after
-        else:
-            self.first = after
-        if after:
-            after.prev = prev
-        s.next = s.prev = _NULL
-        s.list = 0
-        self.count -= 1
-
-    def pop(self) -> Any:
-        """Remove and return the first span, or NULL."""
-        s = self.first
-        if s:
-            self.remove(s)
-        return s
-
-    def __iter__(self) -> Iterator[Any]:
-        s = self.first
-        while s:
-            yield s
-            s = s.next
+def span_bits(c: Any) -> tuple[int, int, int]:
+    """(nwords, alloc bits, free bits) of a span record, the bitmaps as ints."""
+    nwords = (int(c.nelems) + 63) >> 6
+    raw = ffi.buffer(c.bits, 16 * nwords)
+    return (
+        nwords,
+        int.from_bytes(raw[: 8 * nwords], "little"),
+        int.from_bytes(raw[8 * nwords :], "little"),
+    )
 
 
-def _bits(words: Any, nwords: int) -> int:
-    return sum(int(words[w]) << (64 * w) for w in range(nwords))
+def tiny_states(c: Any) -> Any:
+    """The tiny state words of a span of the tiny class (a ``uint32_t *``)."""
+    nwords = (int(c.nelems) + 63) >> 6
+    return ffi.cast("uint32_t *", c.bits + 2 * nwords)
 
 
 def check_span(c: Any) -> None:
-    """Verify SPAN-1..6 for an IN_USE small-object span; raise HeapCorruption."""
+    """Verify SPAN-1..6 for a live span record; raise HeapCorruption."""
     sid = int(c.id)
     nelems, elemsize = int(c.nelems), int(c.elemsize)
     if int(c.base) % PAGE_SIZE or c.npages < 1 or c.state == SpanState.FREE:
@@ -232,30 +193,27 @@ def check_span(c: Any) -> None:
         raise HeapCorruption(f"SPAN-2: span {sid}: {nelems} x {elemsize} B overflow its pages")
     if c.state != SpanState.IN_USE or int(c.spanclass) < 2:
         return
+    magic = CLASS_TO_DIVMAGIC[int(c.spanclass) >> 1]
     for i in (0, nelems - 1):
-        if (i * elemsize * int(c.div_magic)) >> 32 != i:
-            raise HeapCorruption(f"SPAN-2: span {sid}: div_magic is wrong for slot {i}")
-    nwords = (nelems + 63) // 64
-    alloc = _bits(c.alloc_bits, nwords)
-    freed = _bits(c.free_bits, nwords)
+        if (i * elemsize * magic) >> 32 != i:
+            raise HeapCorruption(f"SPAN-2: span {sid}: divmagic is wrong for slot {i}")
+    nwords, alloc, freed = span_bits(c)
     pad = ((1 << (nwords * 64)) - 1) ^ ((1 << nelems) - 1)
     fi = int(c.free_index)
     if fi > nelems or alloc & pad != pad:
         raise HeapCorruption(f"SPAN-3: span {sid}: free_index {fi}, padding bits unset")
     if fi < nelems:
         rest = 64 - fi % 64
-        want = (~alloc >> fi) & ((1 << rest) - 1)
-        if int(c.alloc_cache) != want:
-            raise HeapCorruption(f"SPAN-3: span {sid}: alloc_cache disagrees with alloc_bits")
-    allocated = alloc | ((1 << fi) - 1)
-    if freed & ~allocated or int(c.nfreed) != freed.bit_count():
-        raise HeapCorruption(f"SPAN-4: span {sid}: free_bits {freed:#x}, nfreed {int(c.nfreed)}")
-    count = (allocated & ~pad).bit_count()
+        free_here = (~alloc >> fi) & ((1 << rest) - 1)
+        if int(c.alloc_cache) & ((1 << rest) - 1) & ~free_here:
+            raise HeapCorruption(f"SPAN-3: span {sid}: alloc_cache offers an allocated slot")
+    if freed & ~alloc or int(c.nfreed) != freed.bit_count():
+        raise HeapCorruption(f"SPAN-4: span {sid}: free bits {freed:#x}, nfreed {int(c.nfreed)}")
+    count = (alloc & ~pad).bit_count()
     if int(c.alloc_count) != count:
         raise HeapCorruption(f"SPAN-5: span {sid}: alloc_count {int(c.alloc_count)} != {count}")
-    if c.tiny_state != ffi.NULL:
+    if int(c.spanclass) == TINY_SPAN_CLASS:
+        states = tiny_states(c)
         for i in range(nelems):
-            if c.tiny_state[i] and not allocated >> i & 1:
+            if states[i] and not alloc >> i & 1:
                 raise HeapCorruption(f"SPAN-6: span {sid}: tiny state on free slot {i}")
-    elif c.spanclass == lib.RA_TINY_SPAN_CLASS:
-        raise HeapCorruption(f"SPAN-6: tiny-class span {sid} has no tiny state")

@@ -2,16 +2,17 @@
 
 See realalloc/__init__.py for an overview of the allocator.
 
-Counters live where they change, so reading them is cheap and never walks
-the heap:
+Counters live where they change, in C, so reading them is cheap and never
+walks the heap (``collect``):
 
 * per size class, objects allocated and freed: each thread's ``ra_mcache``
-  (written by that thread's C fast path), the heap's atomic ``orphan_*``
-  counters (frees by threads that never allocated here), and the totals of
-  caches already flushed (``Heap._retired``), merged when a cache flushes;
-* large objects: counted by the slow path under ``Heap.stats_lock``;
-* pages: ``MHeap`` counts pages of IN_USE and MANUAL spans; ``OSMem`` counts
-  mapped and released bytes.
+  (written by that thread's C fast path) and the heap's ``ra_counts``:
+  frees by threads with no cache, and the totals of caches already released,
+  folded in when a thread ends.  ``ra_counts_sum`` adds them up under the
+  page lock, so a releasing cache is counted in one place, not two;
+* large objects and pages of IN_USE and MANUAL spans: counted by the C call
+  that installs or uninstalls the span;
+* page states: the page allocator's C counters; mapped bytes: the shim's.
 
 ``MemStats`` keeps Go's field meanings, in snake_case.  The 16-byte blocks
 that hold tiny pieces are the heap objects (class 2).  As in Go, a piece put
@@ -26,18 +27,32 @@ Invariants (checked by ``MemStats.check`` and ``Heap.check``):
   STATS-3: sum(by_size[i].mallocs - by_size[i].frees) == live small objects
   STATS-4: total_alloc >= heap_alloc
 
-Locking: readers take no lock; figures from threads that allocate meanwhile
-may be a few operations old.
+Locking: ``collect`` takes no Python lock; figures from threads that
+allocate meanwhile may be a few operations old.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import HeapCorruption
+from .osmem import ffi, lib
+from .sizeclasses import (
+    CLASS_TO_NPAGES,
+    CLASS_TO_SIZE,
+    NUM_SIZE_CLASSES,
+    NUM_SPAN_CLASSES,
+    PAGE_SIZE,
+)
 
-__all__ = ["MemStats", "MemoryReport", "SizeClassStats"]
+if TYPE_CHECKING:
+    from .mheap import MHeap
+
+__all__ = ["HEAP_BYTES", "MCACHE_BYTES", "MemStats", "MemoryReport", "SizeClassStats", "collect"]
+
+MCACHE_BYTES: Final[int] = ffi.sizeof("ra_mcache")
+HEAP_BYTES: Final[int] = ffi.sizeof("ra_heap")
 
 _MIB = 1 << 20
 
@@ -65,9 +80,10 @@ class MemStats:
     heap_sys: int
     """Bytes of arena memory for objects: heap_inuse + heap_idle."""
     heap_idle: int
-    """Bytes of free pages, resident or released."""
+    """Bytes of free pages, resident or released, and of empty spans kept for reuse."""
     heap_inuse: int
-    """Bytes of pages of in-use (object) spans."""
+    """Bytes of pages of spans with objects or owned by a thread cache (Go:
+    HeapInuse).  Empty spans that central lists keep for reuse are idle."""
     heap_released: int
     """Bytes of free pages given back to the OS (never touched, or scavenged)."""
     heap_objects: int
@@ -98,7 +114,8 @@ class MemStats:
     mcache_inuse: int
     """Bytes of thread caches (Go: MCacheInuse)."""
     gc_sys: int
-    """Bytes of span bitmaps: alloc bits, free bits, tiny state words (Go: GCSys)."""
+    """Bytes of span bitmaps: alloc bits, free bits, tiny state words (Go: GCSys);
+    they sit inside span records, so this is their share of the record slabs."""
     other_sys: int
     """Bytes of arena metadata (page -> span maps) and the heap record (Go: OtherSys)."""
     metadata: int
@@ -131,6 +148,63 @@ class MemStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def collect(mheap: MHeap) -> MemStats:
+    """MemStats of a heap, from its C counters."""
+    counts = ffi.new("ra_counts *")
+    ncaches = ffi.new("uint32_t *")
+    lib.ra_counts_sum(mheap.h, counts, ncaches)
+    n = NUM_SIZE_CLASSES
+    nmalloc = [int(x) for x in ffi.unpack(counts.nmalloc, n)]
+    nfree = [int(x) for x in ffi.unpack(counts.nfree, n)]
+    tiny_allocs = int(counts.tiny_allocs)
+    large_allocs, large_frees = int(counts.large_allocs), int(counts.large_frees)
+    large_bytes, large_freed = int(counts.large_bytes), int(counts.large_freed_bytes)
+    # Empty spans kept on central lists for reuse hold no object: Go frees
+    # such a span to the page heap at once, so they count as idle, not in use.
+    central = mheap.h.central
+    empty = sum(
+        int(central[spc].nempty) * CLASS_TO_NPAGES[spc >> 1] for spc in range(2, NUM_SPAN_CLASSES)
+    )
+    inuse = (int(counts.inuse_pages) - empty) * PAGE_SIZE
+    manual = int(counts.manual_pages) * PAGE_SIZE
+    os_stats = mheap.os.stats()
+    meta = mheap.metadata()
+    cache_bytes = int(ncaches[0]) * MCACHE_BYTES
+    live_small = sum(
+        (a - f) * size for a, f, size in zip(nmalloc, nfree, CLASS_TO_SIZE, strict=True)
+    )
+    heap_sys = os_stats.ready - manual
+    metadata = meta.total + cache_bytes + HEAP_BYTES
+    return MemStats(
+        heap_alloc=live_small + large_bytes - large_freed,
+        total_alloc=sum(a * CLASS_TO_SIZE[i] for i, a in enumerate(nmalloc)) + large_bytes,
+        heap_sys=heap_sys,
+        heap_idle=heap_sys - inuse,
+        heap_inuse=inuse,
+        heap_released=mheap.pages.npages_scavenged * PAGE_SIZE,
+        heap_objects=sum(nmalloc) - sum(nfree) + large_allocs - large_frees,
+        released_total=os_stats.released_total,
+        mallocs=sum(nmalloc) + large_allocs + tiny_allocs,
+        frees=sum(nfree) + large_frees + tiny_allocs,
+        tiny_allocs=tiny_allocs,
+        tiny_pieces=int(counts.tiny_pieces),
+        tiny_frees=int(counts.tiny_frees),
+        large_allocs=large_allocs,
+        large_frees=large_frees,
+        manual_inuse=manual,
+        mspan_inuse=meta.mspan_inuse,
+        mspan_sys=meta.mspan_sys,
+        mcache_inuse=cache_bytes,
+        gc_sys=meta.bitmaps,
+        other_sys=meta.arenas + HEAP_BYTES,
+        metadata=metadata,
+        mapped=os_stats.ready,
+        reserved=os_stats.reserved,
+        sys=os_stats.ready + metadata,
+        by_size=tuple(SizeClassStats(CLASS_TO_SIZE[i], nmalloc[i], nfree[i]) for i in range(n)),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from ..core.mheap import MHeap
-from ..core.osmem import PAGE_SIZE
 from ..core.rss import rss
-from ..core.sizeclasses import format_class_table
+from ..core.sizeclasses import PAGE_SIZE, format_class_table
 from ..errors import RealAllocError
 from .stress import add_arguments as add_stress_arguments
 from .stress import stress_main
@@ -35,7 +34,7 @@ def _heap_summary(heap: MHeap) -> str:
         f"   free {_mib(pages.npages_free * PAGE_SIZE)}"
         f"   free+released {_mib(pages.npages_scavenged * PAGE_SIZE)}\n"
         f"  OS           reserved {_mib(os_stats.reserved)}   ready {_mib(os_stats.ready)}"
-        f"   released {_mib(os_stats.released)}"
+        f"   released total {_mib(os_stats.released_total)}"
     )
 
 

@@ -1,0 +1,160 @@
+/*
+ * The span hand-off between thread caches and central lists (Go:
+ * mcache.refill, mcentral.cacheSpan / uncacheSpan).  Lists, the dirty stack
+ * and the numbers Python sets: realalloc/core/central.py.  A central's lock
+ * is taken and dropped inside one call; lock order: central, then page lock.
+ */
+#ifndef REALALLOC_CENTRAL_H
+#define REALALLOC_CENTRAL_H
+
+#include "pages.h"
+
+static inline ra_span **ra_list_head(ra_central *ce, uint32_t tag) {
+    return tag == RA_LIST_PARTIAL ? &ce->partial : tag == RA_LIST_FULL ? &ce->full : &ce->empty;
+}
+
+static inline uint32_t *ra_list_count(ra_central *ce, uint32_t tag) {
+    return tag == RA_LIST_PARTIAL ? &ce->npartial : tag == RA_LIST_FULL ? &ce->nfull : &ce->nempty;
+}
+
+static inline void ra_list_remove(ra_central *ce, ra_span *s) {
+    if (s->prev) s->prev->next = s->next;
+    else *ra_list_head(ce, s->list) = s->next;
+    if (s->next) s->next->prev = s->prev;
+    (*ra_list_count(ce, s->list))--;
+    s->next = s->prev = NULL;
+    s->list = RA_LIST_NONE;
+}
+
+/* File a swept, uncached, unlisted span by its room. */
+static inline void ra_file(ra_central *ce, ra_span *s) {
+    uint32_t tag = s->alloc_count == 0 ? RA_LIST_EMPTY
+                 : s->alloc_count < s->nelems ? RA_LIST_PARTIAL : RA_LIST_FULL;
+    /* Frees worth a sweep: a full span's first; on the other lists only the
+     * last object matters (see ra_free_slot). */
+    RA_STORE(&s->sweep_at, tag == RA_LIST_FULL ? 1 : RA_NEVER);
+    ra_span **head = ra_list_head(ce, tag);
+    s->prev = NULL;
+    s->next = *head;
+    if (*head) (*head)->prev = s;
+    *head = s;
+    s->list = (uint8_t)tag;
+    (*ra_list_count(ce, tag))++;
+}
+
+/* Sweep every span on the dirty stack and file it again. */
+static inline void ra_drain(ra_central *ce, uint32_t spc) {
+    ra_span *s = __atomic_exchange_n(&ce->dirty, NULL, __ATOMIC_ACQ_REL);
+    while (s) {
+        ra_span *after = s->next_dirty; /* read before the span can be pushed again */
+        __atomic_store_n(&s->in_dirty, 0, __ATOMIC_SEQ_CST);
+        if (s->list && !s->cached && s->state == RA_SPAN_IN_USE && s->spanclass == spc) {
+            ra_sweep(s);
+            ra_list_remove(ce, s);
+            ra_file(ce, s);
+        }
+        s = after;
+    }
+}
+
+/* Give empty spans beyond `keep` back to the page heap. */
+static inline void ra_trim(ra_heap *h, ra_central *ce, uint32_t keep) {
+    ra_span *s = ce->empty;
+    while (s && ce->nempty > keep) {
+        ra_span *after = s->next;
+        if (!__atomic_load_n(&s->in_dirty, __ATOMIC_SEQ_CST)) {
+            ra_list_remove(ce, s);
+            ra_lock_take(&h->pages.lock);
+            ra_uninstall_locked(h, s);
+            ra_lock_drop(&h->pages.lock);
+            ce->nreleased++;
+        }
+        s = after;
+    }
+}
+
+/* Take a span back from a cache (Go: uncacheSpan); caller holds the central's
+ * lock.  seq_cst pairs with ra_free_slot: a racing free is swept here or pushes. */
+static inline void ra_uncache(ra_heap *h, ra_central *ce, ra_span *s) {
+    __atomic_store_n(&s->cached, 0, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->nfreed, __ATOMIC_SEQ_CST)) ra_sweep(s);
+    ra_file(ce, s);
+    ra_trim(h, ce, ce->empty_max);
+}
+
+/* Give the cache a span of class `spc` with a free slot, keeping its own if
+ * frees made room (Go: mcache.refill).  RA_OK or RA_NEED_SPANS. */
+static inline int ra_refill(ra_heap *h, ra_mcache *c, uint32_t spc) {
+    ra_central *ce = &h->central[spc];
+    ra_span *s = c->alloc[spc];
+    if (s != h->empty_span) {
+        if (RA_LOAD(&s->nfreed)) ra_sweep(s);
+        else ra_rewind(s); /* local frees below the scan point */
+        if (s->alloc_count < s->nelems) return RA_OK;
+        c->alloc[spc] = h->empty_span; /* never keep a span the cache no longer owns */
+        ra_lock_take(&ce->lock);
+        ra_uncache(h, ce, s);
+        ra_lock_drop(&ce->lock);
+    }
+    ra_lock_take(&ce->lock);
+    if (RA_LOAD(&ce->dirty)) ra_drain(ce, spc);
+    s = ce->partial ? ce->partial : ce->empty;
+    if (!s) {
+        ce->nmiss++;
+        ra_lock_drop(&ce->lock);
+        return RA_NEED_SPANS;
+    }
+    ra_list_remove(ce, s);
+    __atomic_store_n(&s->cached, 1, __ATOMIC_SEQ_CST);
+    if (RA_LOAD(&s->nfreed)) ra_sweep(s); /* frees that came after it was filed */
+    else ra_rewind(s);
+    ce->nrefill++;
+    ra_lock_drop(&ce->lock);
+    c->alloc[spc] = s;
+    return RA_OK;
+}
+
+/* Add a cache's counters to `to` (atomics: frees by cacheless threads race). */
+static inline void ra_add_counts(ra_counts *to, const ra_mcache *c) {
+    for (int i = 0; i < RA_NUM_SIZE_CLASSES; i++) {
+        __atomic_add_fetch(&to->nmalloc[i], c->nmalloc[i], __ATOMIC_RELAXED);
+        __atomic_add_fetch(&to->nfree[i], c->nfree[i], __ATOMIC_RELAXED);
+    }
+    __atomic_add_fetch(&to->tiny_allocs, c->tiny_allocs, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&to->tiny_pieces, c->tiny_pieces, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&to->tiny_frees, c->tiny_frees, __ATOMIC_RELAXED);
+}
+
+/* Hand every span back, retire the tiny block (Go: mcache.releaseAll); for
+ * good (the thread is gone): fold its counters into the heap's, unlink it. */
+static inline void ra_release_cache(ra_heap *h, ra_mcache *c, int for_good) {
+    if (c->released) return;
+    uint32_t idx;
+    ra_span *dead = ra_tiny_retire(c, &idx);
+    if (dead) ra_free_slot(h, dead, idx, c);
+    for (uint32_t spc = 0; spc < RA_NUM_SPAN_CLASSES; spc++) {
+        ra_span *s = c->alloc[spc];
+        if (s == h->empty_span) continue;
+        c->alloc[spc] = h->empty_span;
+        ra_central *ce = &h->central[spc];
+        ra_lock_take(&ce->lock);
+        ra_uncache(h, ce, s);
+        ra_lock_drop(&ce->lock);
+    }
+    if (!for_good) return;
+    ra_lock_take(&h->pages.lock); /* ra_counts_sum sees the counts here or there, not both */
+    ra_add_counts(&h->counts, c);
+    if (c->prev) c->prev->next = c->next;
+    else h->caches = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->released = 1;
+    ra_lock_drop(&h->pages.lock);
+}
+
+/* Free any object of `h` at `addr`: RA_OK, or RA_SLOW for Python to diagnose. */
+static inline int ra_free(ra_heap *h, uintptr_t addr, ra_mcache *c) {
+    int rc = ra_free_object(h, addr, c);
+    return rc == RA_OK ? RA_OK : ra_free_large(h, addr);
+}
+
+#endif /* REALALLOC_CENTRAL_H */

@@ -1,0 +1,61 @@
+"""The memory limit: admission of new pages (Go: GOMEMLIMIT, mgcpacer.go memoryLimit).
+
+See realalloc/__init__.py for an overview of the allocator.
+
+``Heap.set_memory_limit(n)`` caps what the heap keeps resident: heap pages
+not released to the OS, plus metadata.  Unlike Go's soft limit it is hard:
+before pages become the heap's (a span, a batch of spans, a new arena) the
+request is admitted here, under ``MHeap.lock`` and in the same critical
+section that then takes the pages, so concurrent requests cannot each pass
+the check and together exceed the limit.  A request that does not fit first
+releases free pages; if that is not enough it raises OutOfMemoryError and
+nothing changes (the free pages it released stay released).
+
+What a request may add is counted exactly: its pages, one slab of span
+records if the pool has too few free ones, and the metadata of the arenas
+the heap must grow by if the free pages cannot hold it.
+
+Locking: Caller must hold ``MHeap.lock``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._debug import assert_lock_held
+from ..errors import OutOfMemoryError
+from .arena import ARENA_META_BYTES
+from .sizeclasses import PAGE_SIZE, PAGES_PER_ARENA
+
+if TYPE_CHECKING:
+    from .mheap import MHeap
+
+__all__ = ["admit_locked"]
+
+
+def admit_locked(mheap: MHeap, npages: int, pool: int, nrecords: int, what: str) -> None:
+    """Raise OutOfMemoryError unless ``npages`` more pages (for ``nrecords``
+    span records of pool ``pool``) fit under ``mheap.memory_limit``.
+    ``what`` names the request in the message."""
+    limit = mheap.memory_limit
+    if limit is None:
+        return
+    assert_lock_held(mheap.lock)
+    p = mheap.h.pools[pool]
+    records = int(p.slab_bytes) if p.nfree < nrecords else 0
+    short = npages - mheap.pages.npages_free
+    arenas = -(-short // PAGES_PER_ARENA) * ARENA_META_BYTES if short > 0 else 0
+    need = npages * PAGE_SIZE + records + arenas
+    over = mheap.retained_locked() + need - limit
+    if over > 0:
+        mheap.pages.scavenge(over)
+        over = mheap.retained_locked() + need - limit
+    if over > 0:
+        extra = [f"{records} bytes of span records"] if records else []
+        extra += [f"{arenas} bytes of arena metadata"] if arenas else []
+        detail = f" (plus {' and '.join(extra)})" if extra else ""
+        raise OutOfMemoryError(
+            f"{what}: {npages * PAGE_SIZE} bytes of pages{detail} would take the heap to "
+            f"{mheap.retained_locked() + need} bytes and exceed the memory limit of {limit} "
+            "bytes, with every free page already released"
+        )
