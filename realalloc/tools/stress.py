@@ -83,6 +83,7 @@ __all__ = [
     "load_replay",
     "run_stress",
     "stress_main",
+    "writable_path",
     "write_json",
 ]
 
@@ -746,11 +747,12 @@ def _replay_file(path: str) -> ReplayFile:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _json_path(path: str) -> str:
-    """The ``--json`` path, once it is known that it can be written.  Opening it
-    is the only check that holds for every reason it could not be (no such
-    directory, a directory, permissions, a read-only file system); a file this
-    created is removed again, so a refused run leaves nothing behind."""
+def writable_path(path: str) -> str:
+    """An argparse type for a report path (``--json``): the path, once it is
+    known that it can be written.  Opening it is the only check that holds for
+    every reason it could not be (no such directory, a directory, permissions,
+    a read-only file system); a file this created is removed again, so a
+    refused command line leaves nothing behind."""
     existed = os.path.lexists(path)
     try:
         # O_NONBLOCK: a FIFO without a reader fails here instead of hanging
@@ -843,7 +845,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         metavar="FILE",
-        type=_json_path,
+        type=writable_path,
         help="also write the report as JSON (checked writable before the run)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
