@@ -504,12 +504,15 @@ class _Progress:
         self.started = started
         self.due = started + self.every
         self.last_ops, self.last_t = 0, started
+        self.wrote = False
         self.dead = False
 
     def update(self, now: float, ops: int, heap: Heap, now_rss: int) -> None:
         if self.dead or now < self.due:
             return
-        self.due = max(self.due + self.every, now)  # a slow tick must not cause a burst
+        self.due += self.every
+        if self.due <= now:  # far behind (a starved monitor): resume the rhythm, no burst
+            self.due = now + self.every
         rate = (ops - self.last_ops) / max(now - self.last_t, 1e-9)
         self.last_ops, self.last_t = ops, now
         try:
@@ -532,13 +535,14 @@ class _Progress:
         self._write(text)
 
     def finish(self) -> None:
-        if self.tty and self.last_t > self.started:
+        if self.tty and self.wrote:
             self._write("\n")  # end the rewritten line before the report
 
     def _write(self, text: str) -> None:
         try:
             self.stream.write(text)
             self.stream.flush()
+            self.wrote = True
         except (OSError, ValueError):  # stderr closed or a broken pipe: stop showing progress
             self.dead = True
 
