@@ -1,8 +1,12 @@
 """``python -m realalloc stress``: short real runs over every size distribution, the
-text and JSON reports and their consistency, injected OS faults, a run that really
-finds corrupted bytes (and exits 1 saying where), and bad options (exit 2).
+text and JSON reports and their consistency, progress on a terminal and off one,
+every exit code (0 ok, 1 a real corruption found and located, 2 bad usage caught
+before anything runs, 3 nothing could be allocated), and the exit-code table in
+``--help``.
 
 The stress command drives a real Heap from many threads; nothing here is mocked.
+Most runs go through ``realalloc.tools.cli.main`` in this process; a few start a
+real process to see what a shell sees.
 """
 
 from __future__ import annotations
@@ -11,24 +15,29 @@ import argparse
 import ctypes
 import io
 import json
-import queue
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 import realalloc
-from realalloc.core.sizeclasses import CLASS_TO_SIZE, MAX_SMALL_SIZE, size_to_class
 from realalloc.tools import stress
 from realalloc.tools.cli import main
 
 MIB = 1 << 20
 FAULT_OPS = ("reserve", "commit", "release")
 NO_FAULTS = dict.fromkeys(FAULT_OPS, 0)
+
+with realalloc.Heap(background_scavenger=False) as _heap:
+    CLASS_SIZES = tuple(c.size for c in _heap.stats().by_size)
+    """Go's size classes, class 0 (size 0) first, as the public API reports them."""
+MAX_SMALL_SIZE = CLASS_SIZES[-1]
 
 # A replay file: comments, blank lines, scan and noscan entries, a large object.
 # Every small size is alone in its size class, so the per-class table tells exactly
@@ -46,14 +55,42 @@ REPLAY = """\
 """
 REPLAY_SIZES = (24, 100, 300, 700, 4000, 40000)
 
+PLAIN_LINE = (
+    r"stress +(\d+\.\d) s +(\d+)% +[\d,]+ ops/s  live +\d+ MiB  inuse +\d+ MiB  RSS +\d+ MiB"
+)
+TTY_LINE = r"\[#*\s*\]\s+\d+%\s+[\d,]+ ops/s  live +\d+ MiB  inuse +\d+ MiB  RSS +\d+ MiB "
+
 
 def run_cli(
     *args: str, exe: str | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[str]:
     cmd = [exe] if exe else [sys.executable, "-m", "realalloc"]
     return subprocess.run(
         [*cmd, "stress", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``realalloc stress ARGS`` in this process: exit code, stdout, stderr."""
+    rc = main(["stress", *args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+class FakeStderr(io.StringIO):
+    """stderr that says whether it is a terminal and notes when each write came."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+        self.times: list[float] = []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.times.append(time.monotonic())
+        return super().write(text)
 
 
 def num(text: str) -> int:
@@ -63,8 +100,9 @@ def num(text: str) -> int:
 def parse_text(out: str) -> dict:
     """The figures of the text report (it must have every line)."""
     lines = out.splitlines()
-    assert lines[0] in ("realalloc stress: OK", "realalloc stress: FAILED"), out
-    found: dict = {"ok": lines[0].endswith("OK")}
+    statuses = ("OK", "FAILED", "NOT RUN (no malloc succeeded)")
+    assert lines[0] in [f"realalloc stress: {s}" for s in statuses], out
+    found: dict = {"status": lines[0].removeprefix("realalloc stress: ")}
     patterns = {
         "operations": r"^\s+operations\s+([\d,]+) in ([\d.]+) s \(([\d,]+) ops/s\)$",
         "mallocs": r"^\s+mallocs\s+([\d,]+)\s+frees ([\d,]+) \(cross-thread ([\d,]+)\)$",
@@ -89,6 +127,7 @@ def parse_text(out: str) -> dict:
 def check_report(d: dict, *, threads: int, distribution: str, ops: int | None) -> None:
     """Consistency of a JSON report of a clean run."""
     assert d["ok"] is True, d
+    assert (d["status"], d["exit_code"]) == ("OK", 0)
     assert d["check"] == "ok"
     assert d["corruptions"] == []
     assert d["errors"] == []
@@ -102,7 +141,10 @@ def check_report(d: dict, *, threads: int, distribution: str, ops: int | None) -
     assert 0 < d["cross_thread_frees"] <= d["frees"]
     assert d["verifies"] >= d["frees"]
     if ops is not None:
-        assert d["mallocs"] <= threads * ops
+        # each worker tries `ops` mallocs and frees; the frees of what is left
+        # live at the end come on top
+        tried = d["mallocs"] + d["failed_mallocs"]
+        assert tried <= threads * ops <= tried + d["frees"]
     assert d["bytes_allocated"] >= d["mallocs"] - d["failed_mallocs"]
     assert d["seconds"] > 0
     assert d["ops_per_second"] == pytest.approx((d["mallocs"] + d["frees"]) / d["seconds"])
@@ -114,15 +156,15 @@ def check_report(d: dict, *, threads: int, distribution: str, ops: int | None) -
     assert rows, "no per-class rows"
     assert [r["class"] for r in rows] == sorted({r["class"] for r in rows})
     for r in rows:
-        assert 1 <= r["class"] < len(CLASS_TO_SIZE)
-        assert r["size"] == CLASS_TO_SIZE[r["class"]]
+        assert 1 <= r["class"] < len(CLASS_SIZES)
+        assert r["size"] == CLASS_SIZES[r["class"]]
         assert r["mallocs"] == r["frees"] > 0, r
     assert sum(r["mallocs"] for r in rows) <= d["mallocs"]
 
 
 def check_text_matches_json(out: str, d: dict) -> None:
     t = parse_text(out)
-    assert t["ok"] is d["ok"]
+    assert t["status"] == d["status"]
     assert num(t["operations"][0]) == d["mallocs"] + d["frees"]
     assert float(t["operations"][1]) == pytest.approx(d["seconds"], abs=0.051)
     assert [num(x) for x in t["mallocs"]] == [d["mallocs"], d["frees"], d["cross_thread_frees"]]
@@ -141,7 +183,7 @@ def check_text_matches_json(out: str, d: dict) -> None:
     assert t["rows"] == [[r["class"], r["size"], r["mallocs"], r["frees"]] for r in d["by_class"]]
 
 
-# --- clean runs --------------------------------------------------------------------
+# --- clean runs: exit 0 ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -153,7 +195,9 @@ def check_text_matches_json(out: str, d: dict) -> None:
         ("replay", ["--live", "40"]),
     ],
 )
-def test_each_distribution_runs_clean_with_text_and_json_reports(tmp_path, distribution, extra):
+def test_each_distribution_runs_clean_with_text_and_json_reports(
+    tmp_path, capsys, distribution, extra
+):
     threads, ops = 8, 120
     args = ["--threads", str(threads), "--ops", str(ops), "--quiet", *extra]
     if distribution == "replay":
@@ -163,14 +207,14 @@ def test_each_distribution_runs_clean_with_text_and_json_reports(tmp_path, distr
     else:
         args += ["--distribution", distribution]
     report = tmp_path / "report.json"
-    proc = run_cli(*args, "--json", str(report))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stderr == ""  # --quiet: no progress line
+    rc, out, err = run_main(capsys, *args, "--json", str(report))
+    assert rc == 0, out + err
+    assert err == ""  # --quiet: no progress
     d = json.loads(report.read_text())
     check_report(d, threads=threads, distribution=distribution, ops=ops)
     assert d["failed_mallocs"] == 0
     assert d["faults_injected"] == NO_FAULTS
-    check_text_matches_json(proc.stdout, d)
+    check_text_matches_json(out, d)
     small = sum(r["mallocs"] for r in d["by_class"])
     if distribution == "large":
         # half of the objects are large (> 32 KiB): not in the per-class table
@@ -178,7 +222,7 @@ def test_each_distribution_runs_clean_with_text_and_json_reports(tmp_path, distr
         assert d["bytes_allocated"] > d["mallocs"] * MAX_SMALL_SIZE // 4
         assert d["scavenged"] > 0
     if distribution == "replay":
-        by_class = {size_to_class(s): s for s in REPLAY_SIZES if s <= MAX_SMALL_SIZE}
+        by_class = {realalloc.size_to_class(s): s for s in REPLAY_SIZES if s <= MAX_SMALL_SIZE}
         assert len(by_class) == len(REPLAY_SIZES) - 1  # one size per class
         assert {r["class"] for r in d["by_class"]} <= set(by_class)
         nlarge = d["mallocs"] - small
@@ -188,9 +232,11 @@ def test_each_distribution_runs_clean_with_text_and_json_reports(tmp_path, distr
 
 
 def test_duration_run_of_the_console_script(tmp_path):
-    exe = shutil.which("realalloc")
+    # the script installed with this interpreter, not whichever is first on PATH
+    # (another checkout's install would test other code)
+    exe = shutil.which("realalloc", path=os.path.dirname(sys.executable))
     if exe is None:
-        pytest.skip("the realalloc console script is not installed")
+        pytest.skip("the realalloc console script is not installed next to this Python")
     report = tmp_path / "r.json"
     start = time.monotonic()
     proc = run_cli(
@@ -206,30 +252,217 @@ def test_duration_run_of_the_console_script(tmp_path):
     check_text_matches_json(proc.stdout, d)
 
 
-def test_progress_line_without_quiet():
-    proc = run_cli("--threads", "2", "--duration", "1.2", "--live", "20")
-    assert proc.returncode == 0, proc.stderr
-    assert re.search(r"\[#*\s*\]\s+\d+%\s+[\d,]+ ops/s\s+live", proc.stderr), proc.stderr
-    assert "realalloc stress: OK" in proc.stdout
-
-
-def test_fault_every_counts_injected_faults_and_failed_mallocs(tmp_path):
+def test_fault_every_counts_injected_faults_and_failed_mallocs(tmp_path, capsys):
     """Large objects grow the heap by whole arenas several times; failing every second
-    reserve and commit makes some of those mallocs raise (counted, not fatal)."""
+    reserve and commit makes some of those mallocs raise: counted, and still exit 0
+    (some mallocs failing on purpose is not a failure)."""
     report = tmp_path / "faults.json"
-    proc = run_cli(
+    rc, out, err = run_main(
+        capsys,
         "--distribution", "large", "--threads", "4", "--ops", "150", "--live", "30",
         "--fault-every", "2", "--quiet", "--json", str(report),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert rc == 0, out + err
     d = json.loads(report.read_text())
     check_report(d, threads=4, distribution="large", ops=150)
     assert d["config"]["fault_every"] == 2
     faults = d["faults_injected"]
     assert faults["reserve"] + faults["commit"] > 0, faults
     # each refused reserve or commit fails exactly the malloc that was growing the heap
-    assert d["failed_mallocs"] == faults["reserve"] + faults["commit"]
-    check_text_matches_json(proc.stdout, d)
+    assert d["failed_mallocs"] == faults["reserve"] + faults["commit"] > 0
+    check_text_matches_json(out, d)
+
+
+def test_a_memory_limit_some_mallocs_fail_is_still_ok(tmp_path, capsys):
+    """4 threads keeping up to 30 objects of up to 4 MiB each want far more than
+    48 MiB: the limit refuses some mallocs, small ones still succeed, exit 0."""
+    report = tmp_path / "limit.json"
+    rc, out, err = run_main(
+        capsys,
+        "--distribution", "large", "--threads", "4", "--ops", "150", "--live", "30",
+        "--memory-limit", "48M", "--quiet", "--json", str(report),
+    )  # fmt: skip
+    assert rc == 0, out + err
+    d = json.loads(report.read_text())
+    check_report(d, threads=4, distribution="large", ops=150)
+    assert d["config"]["memory_limit"] == 48 * MIB
+    assert d["failed_mallocs"] > 0
+    assert d["faults_injected"] == NO_FAULTS
+    check_text_matches_json(out, d)
+
+
+def test_run_stress_on_a_callers_heap_leaves_it_open_and_empty():
+    with realalloc.Heap(background_scavenger=False) as heap:
+        before = heap.stats().released_total
+        cfg = stress.StressConfig(threads=3, ops=200, live=20, progress=False)
+        report = stress.run_stress(cfg, heap=heap)
+        assert report.ok, report.format()
+        st = heap.stats()
+        assert st.heap_objects == 0
+        assert st.mallocs == st.frees >= report.mallocs
+        assert report.scavenged == st.released_total - before
+        heap.check()
+        heap.free(heap.malloc(100))  # still open
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+def test_progress_on_a_terminal_rewrites_one_line(monkeypatch, capsys):
+    fake = FakeStderr(tty=True)
+    monkeypatch.setattr(sys, "stderr", fake)
+    # --progress-every is for plain lines only: a terminal still gets two updates a second
+    rc, out, _ = run_main(capsys, "--threads", "2", "--duration", "2", "--live", "20",
+                          "--progress-every", "60")  # fmt: skip
+    assert rc == 0, out
+    text = fake.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1  # one line, ended once
+    updates = text[:-1].split("\r")
+    assert updates[0] == ""
+    assert 2 <= len(updates[1:]) <= 5, updates
+    for u in updates[1:]:
+        assert re.fullmatch(TTY_LINE, u), u
+    assert out.startswith("realalloc stress: OK")
+
+
+def test_a_run_shorter_than_one_update_leaves_a_terminal_untouched(monkeypatch, capsys):
+    fake = FakeStderr(tty=True)
+    monkeypatch.setattr(sys, "stderr", fake)
+    rc, out, _ = run_main(capsys, "--threads", "1", "--ops", "20", "--live", "5")
+    assert rc == 0, out
+    assert fake.getvalue() == ""  # not even the newline that ends a progress line
+
+
+def test_progress_off_a_terminal_is_a_plain_line_every_interval(monkeypatch, capsys):
+    fake = FakeStderr(tty=False)
+    monkeypatch.setattr(sys, "stderr", fake)
+    rc, out, _ = run_main(capsys, "--threads", "2", "--duration", "1.4", "--live", "20",
+                          "--progress-every", "0.25")  # fmt: skip
+    assert rc == 0, out
+    text = fake.getvalue()
+    assert "\r" not in text
+    lines = text.splitlines()
+    assert 3 <= len(lines) <= 6, lines
+    elapsed = []
+    for line in lines:
+        m = re.fullmatch(PLAIN_LINE, line)
+        assert m, line
+        elapsed.append(float(m[1]))
+    assert elapsed == sorted(elapsed)
+    # one write per line (nothing else), at least one interval apart
+    assert len(fake.times) == len(lines)
+    gaps = [b - a for a, b in pairwise(fake.times)]
+    assert min(gaps) >= 0.2, gaps
+
+
+def test_progress_off_a_terminal_defaults_to_a_line_every_5_seconds(monkeypatch, capsys):
+    """A 1.5 s run off a terminal prints no progress at all by default (the first
+    line would come at 5 s), where the terminal mode would have updated 3 times."""
+    fake = FakeStderr(tty=False)
+    monkeypatch.setattr(sys, "stderr", fake)
+    rc, out, _ = run_main(capsys, "--threads", "2", "--duration", "1.5", "--live", "20")
+    assert rc == 0, out
+    assert fake.getvalue() == ""
+    parser = argparse.ArgumentParser()
+    stress.add_arguments(parser)
+    assert parser.parse_args([]).progress_every == 5.0
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_quiet_means_no_progress_on_or_off_a_terminal(monkeypatch, capsys, tty):
+    fake = FakeStderr(tty=tty)
+    monkeypatch.setattr(sys, "stderr", fake)
+    rc, out, _ = run_main(capsys, "--threads", "2", "--duration", "1.2", "--live", "20",
+                          "--quiet", "--progress-every", "0.1")  # fmt: skip
+    assert rc == 0, out
+    assert fake.times == []
+
+
+def test_progress_of_a_real_process_writing_to_a_pipe_is_plain_lines():
+    proc = run_cli("--threads", "2", "--duration", "1.3", "--live", "20",
+                   "--progress-every", "0.3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert 2 <= len(lines) <= 5, lines
+    assert all(re.fullmatch(PLAIN_LINE, line) for line in lines), lines
+    assert proc.stdout.startswith("realalloc stress: OK")
+
+
+# --- could not run: exit 3 -------------------------------------------------------------
+
+
+def test_every_malloc_failing_exits_3(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    rc, out, err = run_main(capsys, "--fault-every", "1", "--threads", "2", "--ops", "50",
+                            "--quiet", "--json", str(report))  # fmt: skip
+    assert rc == 3, out + err
+    assert err == ""
+    assert out.startswith("realalloc stress: NOT RUN (no malloc succeeded)")
+    d = json.loads(report.read_text())
+    assert (d["ok"], d["status"], d["exit_code"]) == (False, "NOT RUN (no malloc succeeded)", 3)
+    assert d["mallocs"] == d["frees"] == 0
+    # with nothing live, every operation is a malloc, and each one failed
+    assert d["failed_mallocs"] == 2 * 50
+    assert d["faults_injected"]["reserve"] >= d["failed_mallocs"]
+    assert d["check"] == "ok" and d["corruptions"] == [] and d["errors"] == []
+    check_text_matches_json(out, d)
+
+
+def test_a_memory_limit_nothing_fits_in_exits_3(capsys):
+    rc, out, err = run_main(capsys, "--memory-limit", "0", "--threads", "2", "--ops", "30",
+                            "--quiet")  # fmt: skip
+    assert rc == 3, out + err
+    t = parse_text(out)
+    assert t["status"] == "NOT RUN (no malloc succeeded)"
+    assert num(t["failed"][0]) == 60
+    assert t["faults"][0] == str(NO_FAULTS)
+
+
+def test_no_heap_to_be_had_exits_3_without_a_report(capsys):
+    heaps = []
+    try:
+        with pytest.raises(realalloc.OutOfMemoryError):
+            while len(heaps) < 1000:
+                heaps.append(realalloc.Heap(background_scavenger=False))
+        rc, out, err = run_main(capsys, "--ops", "10", "--threads", "1", "--quiet")
+    finally:
+        for h in heaps:
+            h.close()
+    assert rc == 3
+    assert out == ""
+    assert re.fullmatch(r"realalloc stress: could not run: cannot create a heap: .*\n", err)
+
+
+class DirRemover(FakeStderr):
+    """stderr whose first progress line removes a directory: the --json path was
+    writable when it was checked and is not by the time the report is written."""
+
+    def __init__(self, victim: Path) -> None:
+        super().__init__(tty=False)
+        self.victim = victim
+
+    def write(self, text: str) -> int:
+        if text.startswith("stress ") and self.victim.exists():
+            shutil.rmtree(self.victim)
+        return super().write(text)
+
+
+def test_a_json_report_that_cannot_be_written_after_the_run_exits_3(tmp_path, monkeypatch, capsys):
+    where = tmp_path / "out"
+    where.mkdir()
+    fake = DirRemover(where)
+    monkeypatch.setattr(sys, "stderr", fake)
+    rc, out, _ = run_main(capsys, "--threads", "2", "--duration", "0.8", "--live", "20",
+                          "--progress-every", "0.2", "--json", str(where / "r.json"))  # fmt: skip
+    assert not where.exists()
+    assert out.startswith("realalloc stress: OK")  # the run itself was fine
+    assert rc == 3
+    assert re.search(
+        r"^realalloc stress: cannot write the JSON report: .*No such file or directory.*r\.json",
+        fake.getvalue(),
+        re.MULTILINE,
+    )
 
 
 def test_run_stress_in_process_restores_fault_injection():
@@ -238,11 +471,11 @@ def test_run_stress_in_process_restores_fault_injection():
         threads=3, ops=60, distribution="large", live=4, fault_every=1, progress=False
     )
     report = stress.run_stress(cfg)
-    assert report.ok, report.format()
-    # every reserve fails: nothing large could ever be allocated, and that is counted
-    assert report.failed_mallocs > 0
+    # every reserve fails: nothing could ever be allocated, and that is counted
+    assert report.exit_code == stress.EXIT_NOT_RUN
+    assert not report.ok and not report.failed
+    assert report.failed_mallocs == 3 * 60
     assert report.faults_injected["reserve"] >= report.failed_mallocs
-    assert report.mallocs == report.frees
     # fault injection is off again: a fresh heap grows normally
     hits = {op: realalloc.fault_hits(op) for op in FAULT_OPS}
     with realalloc.Heap(background_scavenger=False) as h:
@@ -253,88 +486,69 @@ def test_run_stress_in_process_restores_fault_injection():
     assert all(hits[op] >= before[op] for op in FAULT_OPS)
 
 
-# --- a run that finds corrupted memory ----------------------------------------------
+# --- a run that finds corrupted memory: exit 1 -------------------------------------------
 
 
-class Scribbler:
-    """The progress stream of a stress run, which corrupts the run's heap.
+class Scribbler(FakeStderr):
+    """The stderr of a stress run, which corrupts the run's live objects.
 
-    run_stress hands its progress stream to the monitor thread, which writes a line
-    every 0.5 s while the workers run and is joined before the heap is checked and
-    closed, so while ``write`` runs the heap is open and its memory mapped.  On the
-    first line, ``write`` takes the heap from the monitor's frame, walks its spans
-    and flips one byte of every live object it finds (``usable_size`` succeeds only
-    for a live object), recording the address of each flipped byte.  The workers
-    verify every object against its pattern before they free it, so each object
-    that was still live when it was scribbled on must be reported.
+    Progress lines are written by the monitor thread while the workers run.  On
+    the first one, ``write`` finds every worker thread's ``_worker`` frame, and in
+    it the worker's live list of (address, size, seq), and flips the middle byte
+    of each of those objects.  It holds the GIL throughout (ctypes item access
+    does not release it), so no worker changes its list meanwhile.  Every live
+    object is verified against its pattern before it is freed, by its worker, by
+    whichever worker it is handed to, or at the end, so each flipped byte must be
+    reported, as belonging to that worker, and nothing else may be.
     """
 
-    def __init__(self, limit: int = 400) -> None:
-        self.limit = limit
-        self.flipped: set[int] = set()
-        self.lines = 0
+    def __init__(self) -> None:
+        super().__init__(tty=False)
+        self.flipped: dict[int, str] = {}  # address of the flipped byte -> owner
 
-    def write(self, text: str) -> None:
-        self.lines += 1
-        if self.lines != 1:
-            return
-        heap = sys._getframe(1).f_locals["heap"]
-        assert isinstance(heap, realalloc.Heap)
-        for info in heap.spans():
-            if info.state != realalloc.SpanState.IN_USE:
+    def write(self, text: str) -> int:
+        if not self.flipped and text.startswith("stress "):
+            self.scribble()
+        return super().write(text)
+
+    def scribble(self) -> None:
+        for frame in sys._current_frames().values():
+            while frame is not None and frame.f_code is not stress._worker.__code__:
+                frame = frame.f_back
+            if frame is None:
                 continue
-            for slot in range(info.nelems):
-                addr = info.base + slot * info.elemsize
-                try:
-                    usable = heap.usable_size(addr)
-                except realalloc.InvalidPointerError:
-                    continue  # free slot
-                victim = addr + (1 if usable >= 16 else 0)  # inside the smallest object
-                byte = ctypes.string_at(victim, 1)[0]
-                ctypes.memset(victim, byte ^ 0xA5, 1)
-                self.flipped.add(victim)
-                if len(self.flipped) >= self.limit:
-                    return
-
-    def flush(self) -> None:
-        pass
+            owner = frame.f_locals["name"]
+            for addr, size, _seq in frame.f_locals["live"]:
+                victim = addr + size // 2
+                cell = (ctypes.c_ubyte * 1).from_address(victim)
+                cell[0] ^= 0xA5
+                self.flipped[victim] = owner
 
 
-def test_stress_main_returns_1_and_names_each_corrupted_object(tmp_path, monkeypatch):
-    """A real corruption, found by the real verification (see Scribbler): the
-    ``stress`` subcommand returns 1, the text report says FAILED with each object's
-    address and the byte offset that differs, the JSON report lists them, and every
-    one is a byte that was really flipped."""
-    parser = argparse.ArgumentParser()
-    stress.add_arguments(parser)
-    args = parser.parse_args(
-        ["--threads", "4", "--duration", "1.2", "--live", "150", "--verify-rate", "0.2",
-         "--json", str(tmp_path / "bad.json")]
-    )  # fmt: skip
-    assert not args.quiet
+def test_corrupted_objects_exit_1_and_each_is_named(tmp_path, monkeypatch, capsys):
+    """A real corruption, found by the real verification (see Scribbler): the command
+    exits 1, the text report says FAILED with each object's address and the byte
+    offset that differs, and the JSON report lists exactly the flipped bytes."""
     scribbler = Scribbler()
-    monkeypatch.setattr(sys, "stderr", scribbler)  # where the progress line goes
-    buf = io.StringIO()
-    rc = stress.stress_main(args, out=buf)
-    out = buf.getvalue()
+    monkeypatch.setattr(sys, "stderr", scribbler)
     report = tmp_path / "bad.json"
-    assert scribbler.lines >= 2
+    rc, out, _ = run_main(capsys, "--threads", "4", "--duration", "1.2", "--live", "150",
+                          "--verify-rate", "0.2", "--progress-every", "0.2",
+                          "--json", str(report))  # fmt: skip
     assert scribbler.flipped, "found no live object to corrupt"
     assert rc == 1, out
     d = json.loads(report.read_text())
-    assert d["ok"] is False
+    assert (d["ok"], d["status"], d["exit_code"]) == (False, "FAILED", 1)
     assert d["check"] == "ok"  # the allocator's own structures are intact
     assert d["errors"] == []
     assert d["mallocs"] == d["frees"]
     found = d["corruptions"]
-    assert found
     # an object may be reported twice (a random verify, then its free)
-    assert len({(c["address"], c["seq"]) for c in found}) <= len(scribbler.flipped)
+    assert {c["address"] + c["offset"] for c in found} == set(scribbler.flipped)
     for c in found:
-        assert c["address"] + c["offset"] in scribbler.flipped, c
-        assert 0 <= c["offset"] < c["size"]
+        assert c["thread"] == scribbler.flipped[c["address"] + c["offset"]], c
+        assert c["offset"] == c["size"] // 2
         assert c["when"] in ("verify", "free", "final")
-        assert re.fullmatch(r"w\d", c["thread"])
     assert out.startswith("realalloc stress: FAILED")
     assert re.search(rf"^\s+corruptions\s+{len(found)}$", out, re.MULTILINE)
     for c in found[:10]:
@@ -357,14 +571,15 @@ def test_worker_reports_a_corrupted_object_handed_to_it():
         ctypes.memset(addr + 37, ctypes.string_at(addr + 37, 1)[0] ^ 1, 1)
         cfg = stress.StressConfig(threads=1, ops=1, live=1, progress=False)
         report = stress.StressReport(config={"threads": 1, "distribution": "uniform", "seed": 1})
-        handoff: queue.SimpleQueue = queue.SimpleQueue()
-        handoff.put((addr, size, seq, "w5"))
-        stress._worker(heap, cfg, 0, handoff, stress._Totals(), report, time.monotonic() + 10)
+        run = stress._Run(heap, cfg, report, CLASS_SIZES, time.monotonic() + 10)
+        run.handoff.put((addr, size, seq, "w5"))
+        stress._worker(run, 0)
         assert [
             (c.address, c.offset, c.size, c.seq, c.when, c.thread) for c in report.corruptions
         ] == [(addr, 37, size, seq, "free", "w5")]
+        assert run.totals.report_counts[:3] == [0, 1, 1]  # no malloc, one cross-thread free
         report.check = "ok"
-        assert not report.ok
+        assert report.exit_code == 1
         text = report.format()
         assert text.startswith("realalloc stress: FAILED")
         assert f"free: object at {addr:#x} (100 B, seq 12345, thread w5) differs at byte 37" in text
@@ -376,21 +591,28 @@ def test_worker_reports_a_corrupted_object_handed_to_it():
         heap.close()
 
 
-def test_report_of_a_failed_check_or_worker_error_is_not_ok():
+def test_exit_code_of_a_report_and_1_wins_over_3():
     report = stress.StressReport(config={"threads": 1, "distribution": "uniform", "seed": 1})
     report.check = "ok"
-    assert report.ok
+    assert (report.exit_code, report.status) == (3, "NOT RUN (no malloc succeeded)")
+    report.mallocs = report.frees = 5
+    assert (report.exit_code, report.status, report.ok) == (0, "OK", True)
+    report.failed_mallocs = 100  # partial failure: still ok
+    assert report.exit_code == 0
     report.check = "HeapCorruption: HEAP-1: page 0x1000 does not map"
-    assert not report.ok
+    assert (report.exit_code, report.status, report.ok) == (1, "FAILED", False)
     assert "heap.check() HeapCorruption: HEAP-1: page 0x1000" in report.format()
+    report.mallocs = report.frees = 0
+    assert report.exit_code == 1  # a failed check with nothing allocated is still a failure
     report.check = "ok"
     report.errors.append("worker 3: KeyError: 7")
-    assert not report.ok
+    assert report.exit_code == 1
     assert "error: worker 3: KeyError: 7" in report.format()
-    assert report.to_dict()["ok"] is False
+    d = report.to_dict()
+    assert (d["ok"], d["status"], d["exit_code"]) == (False, "FAILED", 1)
 
 
-# --- bad options ---------------------------------------------------------------------
+# --- bad usage: exit 2, before anything runs -------------------------------------------
 
 
 def write_file(tmp_path: Path, name: str, text: str) -> str:
@@ -399,49 +621,69 @@ def write_file(tmp_path: Path, name: str, text: str) -> str:
     return str(path)
 
 
+# case: (arguments, the option the message must name, what it must say about it)
 BAD_OPTIONS = {
-    "threads-0": (["--threads", "0"], r"threads must be >= 1, got 0"),
-    "threads-huge": (["--threads", "5000"], r"threads must be <= 0x400, got 0x1388"),
-    "threads-not-int": (["--threads", "two"], r"argument --threads: invalid int value: 'two'"),
-    "ops-negative": (["--ops=-5"], r"ops must be >= 1, got -5"),
-    "ops-zero": (["--ops", "0"], r"ops must be >= 1, got 0"),
-    "ops-and-duration": (["--ops", "5", "--duration", "1"], r"not allowed with argument"),
-    "duration-0": (["--duration", "0"], r"duration must be in \(0, 86400\] seconds, got 0\.0"),
-    "duration-nan": (["--duration", "nan"], r"duration must be .*got nan"),
-    "scan-ratio": (["--scan-ratio", "1.5"], r"scan_ratio must be between 0 and 1, got 1\.5"),
-    "cross-free": (["--cross-free=-0.1"], r"cross_free must be between 0 and 1, got -0\.1"),
-    "verify-rate": (["--verify-rate", "2"], r"verify_rate must be between 0 and 1, got 2\.0"),
-    "live-0": (["--live", "0"], r"live must be >= 1, got 0"),
-    "seed-negative": (["--seed=-1"], r"seed must be >= 0, got -1"),
-    "fault-every-negative": (["--fault-every=-2"], r"fault_every must be >= 0, got -2"),
-    "distribution": (
-        ["--distribution", "zipf"],
-        r"argument --distribution: invalid choice: 'zipf'",
-    ),
-    "distribution-replay-without-file": (
-        ["--distribution", "replay"],
-        r"argument --distribution: invalid choice: 'replay'",
-    ),
-    "replay-malformed": (
-        ["--replay", "{tmp}/bad.txt"],
-        r"bad\.txt:3: size '12k' is not an integer",
-    ),
-    "replay-bad-flag": (
-        ["--replay", "{tmp}/flag.txt"],
-        r"flag\.txt:2: expected 'SIZE \[scan\|noscan\]'",
-    ),
-    "replay-out-of-range": (["--replay", "{tmp}/neg.txt"], r"neg\.txt:1: size -8 out of range"),
-    "replay-empty": (["--replay", "{tmp}/empty.txt"], r"empty\.txt: no sizes"),
-    "replay-missing": (
-        ["--replay", "{tmp}/nowhere.txt"],
-        r"cannot read replay file .*nowhere\.txt: .*No such file",
-    ),
-    "replay-not-utf8": (["--replay", "{tmp}/binary.txt"], r"cannot read replay file .*binary\.txt"),
-    "replay-directory": (["--replay", "{tmp}"], r"cannot read replay file .*Is a directory"),
-}
+    "threads-0": (["--threads", "0"], "--threads", r"threads must be >= 1, got 0"),
+    "threads-huge": (["--threads", "5000"], "--threads", r"threads must be <= 1024, got 5000"),
+    "threads-not-int": (["--threads", "two"], "--threads", r"invalid int value: 'two'"),
+    "ops-negative": (["--ops=-5"], "--ops", r"ops must be >= 1, got -5"),
+    "ops-zero": (["--ops", "0"], "--ops", r"ops must be >= 1, got 0"),
+    "ops-and-duration": (["--ops", "5", "--duration", "1"], "--duration",
+                         r"not allowed with argument --ops"),
+    "duration-0": (["--duration", "0"], "--duration",
+                   r"duration must be in \(0, 86400\] seconds, got 0\.0"),
+    "duration-nan": (["--duration", "nan"], "--duration", r"duration must be .*got nan"),
+    "duration-inf": (["--duration", "inf"], "--duration", r"duration must be .*got inf"),
+    "scan-ratio": (["--scan-ratio", "1.5"], "--scan-ratio",
+                   r"scan_ratio must be between 0 and 1, got 1\.5"),
+    "cross-free": (["--cross-free=-0.1"], "--cross-free",
+                   r"cross_free must be between 0 and 1, got -0\.1"),
+    "verify-rate": (["--verify-rate", "2"], "--verify-rate",
+                    r"verify_rate must be between 0 and 1, got 2\.0"),
+    "live-0": (["--live", "0"], "--live", r"live must be >= 1, got 0"),
+    "seed-negative": (["--seed=-1"], "--seed", r"seed must be >= 0, got -1"),
+    "seed-float": (["--seed", "1.5"], "--seed", r"invalid int value: '1\.5'"),
+    "fault-every-negative": (["--fault-every=-2"], "--fault-every",
+                             r"fault_every must be >= 0, got -2"),
+    "fault-every-huge": (["--fault-every", str(1 << 63)], "--fault-every",
+                         r"fault_every must be <= 9223372036854775807, got 9223372036854775808"),
+    "memory-limit-unit": (["--memory-limit", "12x"], "--memory-limit",
+                          r"invalid size value: '12x'"),
+    "memory-limit-negative": (["--memory-limit=-1M"], "--memory-limit",
+                              r"invalid size value: '-1M'"),
+    "progress-every-0": (["--progress-every", "0"], "--progress-every",
+                         r"progress_every must be in \(0, 3600\] seconds, got 0\.0"),
+    "distribution": (["--distribution", "zipf"], "--distribution", r"invalid choice: 'zipf'"),
+    "distribution-replay-without-file": (["--distribution", "replay"], "--distribution",
+                                         r"invalid choice: 'replay'"),
+    "distribution-and-replay": (["--distribution", "uniform", "--replay", "{tmp}/good.txt"],
+                                "--replay", r"not allowed with argument --distribution"),
+    "replay-and-distribution": (["--replay", "{tmp}/good.txt", "--distribution", "large"],
+                                "--distribution", r"not allowed with argument --replay"),
+    "replay-malformed": (["--replay", "{tmp}/bad.txt"], "--replay",
+                         r".*bad\.txt:3: size '12k' is not an integer"),
+    "replay-bad-flag": (["--replay", "{tmp}/flag.txt"], "--replay",
+                        r".*flag\.txt:2: expected 'SIZE \[scan\|noscan\]'"),
+    "replay-out-of-range": (["--replay", "{tmp}/neg.txt"], "--replay",
+                            r".*neg\.txt:1: size -8 out of range"),
+    "replay-empty": (["--replay", "{tmp}/empty.txt"], "--replay", r".*empty\.txt: no sizes"),
+    "replay-missing": (["--replay", "{tmp}/nowhere.txt"], "--replay",
+                       r"cannot read replay file .*nowhere\.txt: .*No such file"),
+    "replay-not-utf8": (["--replay", "{tmp}/binary.txt"], "--replay",
+                        r"cannot read replay file .*binary\.txt"),
+    "replay-directory": (["--replay", "{tmp}"], "--replay",
+                         r"cannot read replay file .*Is a directory"),
+    "json-no-such-directory": (["--json", "{tmp}/nodir/r.json"], "--json",
+                               r"cannot write the JSON report to .*/nodir/r\.json: "
+                               r"No such file or directory"),
+    "json-a-directory": (["--json", "{tmp}"], "--json", r"cannot write .*: Is a directory"),
+    "json-under-a-file": (["--json", "{tmp}/good.txt/r.json"], "--json",
+                          r"cannot write .*good\.txt/r\.json: Not a directory"),
+}  # fmt: skip
 
 
 def replay_files(tmp_path: Path) -> None:
+    write_file(tmp_path, "good.txt", "64\n100 scan\n")
     write_file(tmp_path, "bad.txt", "# sizes\n64\n12k scan\n")
     write_file(tmp_path, "flag.txt", "64\n64 pointers\n")
     write_file(tmp_path, "neg.txt", "-8\n")
@@ -450,29 +692,70 @@ def replay_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("case", list(BAD_OPTIONS))
-def test_bad_option_exits_2_with_a_clear_message(tmp_path, capsys, case):
-    args, message = BAD_OPTIONS[case]
+def test_bad_option_exits_2_with_a_clear_message_before_anything_runs(tmp_path, capsys, case):
+    args, option, message = BAD_OPTIONS[case]
     replay_files(tmp_path)
-    argv = ["stress", "--quiet", *(a.replace("{tmp}", str(tmp_path)) for a in args)]
+    argv = ["stress", *(a.replace("{tmp}", str(tmp_path)) for a in args)]
     if not any(a.startswith(("--ops", "--duration")) for a in args):
-        argv += ["--ops", "10"]  # were the option accepted, the run would be short
+        argv += ["--duration", "60"]  # were the options accepted, this would take a minute
+    start = time.monotonic()
     with pytest.raises(SystemExit) as e:
         main(argv)
+    assert time.monotonic() - start < 5
     assert e.value.code == 2
     captured = capsys.readouterr()
-    assert captured.out == ""
-    assert re.search(r"^usage: realalloc", captured.err, re.MULTILINE)
-    assert re.search(r"realalloc( stress)?: error: .*" + message, captured.err), captured.err
+    assert captured.out == ""  # no report: nothing ran
+    assert captured.err.startswith("usage: realalloc stress ")
+    # the usage, then one line naming what was wrong
+    last = captured.err.splitlines()[-1]
+    assert re.fullmatch(rf"realalloc stress: error: argument {option}: {message}.*", last), (
+        captured.err
+    )
+
+
+def test_checking_the_json_path_leaves_the_file_system_as_it_was(tmp_path, capsys):
+    """--json is checked by opening the file; a refused command line must not leave
+    a new file behind nor change an existing one."""
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    old.write_text("keep me\n")
+    for path in (new, old):
+        with pytest.raises(SystemExit) as e:
+            main(["stress", "--json", str(path), "--threads", "0"])
+        assert e.value.code == 2
+        assert "threads must be >= 1" in capsys.readouterr().err
+    assert not new.exists()
+    assert old.read_text() == "keep me\n"
+    assert sorted(os.listdir(tmp_path)) == ["old.json"]
 
 
 def test_bad_options_exit_2_from_a_real_process(tmp_path):
     empty = write_file(tmp_path, "empty.txt", "\n")
+    good = write_file(tmp_path, "good.txt", "64\n")
     for args, message in (
         (["--threads", "0"], "threads must be >= 1, got 0"),
         (["--replay", empty], f"{empty}: no sizes"),
+        (["--json", str(tmp_path / "no" / "r.json")], "cannot write the JSON report"),
+        (["--replay", good, "--distribution", "uniform"], "not allowed with argument --replay"),
     ):
-        proc = run_cli("--ops", "5", "--quiet", *args)
+        proc = run_cli("--duration", "60", "--quiet", *args, timeout=30)
         assert proc.returncode == 2, proc.stderr
-        assert re.search(r"realalloc: error: .*" + re.escape(message), proc.stderr)
+        assert re.search(r"realalloc stress: error: .*" + re.escape(message), proc.stderr)
         assert "Traceback" not in proc.stderr
         assert proc.stdout == ""
+
+
+def test_help_gives_the_exit_codes_as_the_module_docstring_does(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["stress", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert stress.EXIT_CODES in out
+    assert "one progress line every SECONDS (default 5)" in " ".join(out.split())
+    codes = re.findall(r"^  (\d)  (\w[\w ]*):", stress.EXIT_CODES, re.MULTILINE)
+    assert codes == [("0", "ok"), ("1", "failed"), ("2", "bad usage"), ("3", "could not run")]
+    assert (stress.EXIT_OK, stress.EXIT_FAILED, stress.EXIT_USAGE, stress.EXIT_NOT_RUN) == (
+        0, 1, 2, 3,
+    )  # fmt: skip
+    # the docstring repeats the table word for word
+    table = " ".join(stress.EXIT_CODES.split()[2:])  # without "exit codes:"
+    assert table in " ".join((stress.__doc__ or "").split())

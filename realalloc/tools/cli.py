@@ -1,6 +1,9 @@
 """Command line: ``python -m realalloc {stress,tour,classes}``.
 
-See realalloc/__init__.py for an overview of the allocator.
+See realalloc/__init__.py for an overview of the allocator.  ``main`` parses
+the command line and returns the exit code; bad usage is argparse's exit 2.
+The ``stress`` subcommand, its options and its exit codes belong to
+realalloc/tools/stress.py.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from ..core.rss import rss
 from ..core.sizeclasses import PAGE_SIZE, format_class_table
 from ..errors import RealAllocError
 from .stress import add_arguments as add_stress_arguments
-from .stress import stress_main
+from .stress import config_from_args, stress_main
 
 __all__ = ["main"]
 
@@ -91,16 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("tour", help="map real memory, allocate pages, show the heap and RSS")
     sub.add_parser("classes", help="print Go's size-class table as realalloc generates it")
     stress = sub.add_parser(
-        "stress", help="churn allocations on many threads, verify every byte, report"
+        "stress",
+        help="churn allocations on many threads, verify every byte, report",
+        description="Churn real allocations on many threads, verify every byte, report.",
     )
     add_stress_arguments(stress)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # checks every stress option: exit 2 before any work
     if args.command == "classes":
         print(format_class_table())
         return 0
     if args.command == "stress":
         try:
-            return stress_main(args)
+            cfg = config_from_args(args)
         except RealAllocError as exc:
-            parser.error(str(exc))
+            stress.error(str(exc))  # exits 2 with the stress usage
+        # Only the checks above are usage errors: whatever happens in the run is
+        # told by stress_main's exit code (or, for a bug, a traceback).
+        return stress_main(cfg, json_path=args.json)
     return tour()

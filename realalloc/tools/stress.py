@@ -2,17 +2,47 @@
 
 See realalloc/__init__.py for an overview of the allocator.  This module is
 not part of the allocator; it drives one ``Heap`` the way a hostile user
-would and reports what happened (``python -m realalloc stress``).
+would and reports what happened (``python -m realalloc stress``).  It owns
+the ``stress`` subcommand: its options and their checks, the run, the
+progress output, the report and the exit code.  It uses only the public API
+of ``realalloc`` (``Heap``, ``inject_faults``, ``fault_hits``, ``rss``), so
+it keeps working whatever the allocator's internals become.
 
 Each worker thread keeps a live set of objects.  Every object is filled with
 a pattern derived from its address and a sequence number when it is
 allocated, checked at random while it lives and again before it is freed.
 Part of the frees happen on other threads: a worker hands an object to a
 shared queue and whichever worker takes it verifies and frees it.  A
-monitor thread samples ops/s, live bytes, heap_inuse and RSS for the
-progress line and the peak RSS.  At the end the workers free everything,
-the heap scavenges, ``heap.check()`` runs, and the report says whether any
-byte was wrong and where.
+monitor thread samples RSS for the peak and writes progress.  At the end
+the workers free everything, the heap scavenges, ``heap.check()`` runs, and
+the report says whether any byte was wrong and where.
+
+Checking before running: every option is checked while the command line is
+parsed (numbers in range, the replay file read and parsed, the ``--json``
+path opened for writing, ``--distribution`` not given with ``--replay``), so
+a bad option is an argparse usage error, exit 2, before any heap exists.
+
+Progress goes to stderr.  On a terminal it is one line rewritten with a
+carriage return twice a second; anywhere else (a pipe, a CI log) it is an
+ordinary line every ``--progress-every`` seconds (default 5).  ``--quiet``:
+none.
+
+Exit codes (the same table is in ``--help``)::
+
+    0  ok: at least one malloc succeeded, every object held its pattern,
+       heap.check() passed
+    1  failed: an object's bytes differed from its pattern, heap.check()
+       raised, or a worker raised an unexpected exception
+    2  bad usage: an option out of range or malformed, --distribution
+       with --replay, an unreadable or malformed replay file, a --json
+       path that cannot be written; nothing was run
+    3  could not run: no malloc succeeded (e.g. --fault-every 1 or a
+       tiny --memory-limit), the heap could not be created, or the JSON
+       report could not be written after the run
+    1 wins over 3.  Some but not all mallocs failing with MemoryError is
+    not a failure: refusing memory cleanly is correct behaviour under
+    injected faults or a memory limit; the failures are counted in the
+    report and the run is judged on what did succeed.
 
 Locking: workers share only the hand-off queue (thread-safe) and the
 counters in ``_Totals`` (under its lock, merged once per worker).
@@ -20,40 +50,119 @@ counters in ``_Totals`` (under its lock, merged once per worker).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import ctypes
 import json
 import math
 import os
 import queue
 import random
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 
-from ..core.heap import Heap
-from ..core.osmem import fault_hits, inject_faults
-from ..core.rss import rss
-from ..core.sizeclasses import CLASS_TO_SIZE, MAX_SMALL_SIZE
-from ..errors import InvalidArgumentError, OutOfMemoryError, require_int
+from .. import Heap, fault_hits, inject_faults, rss
+from ..errors import InvalidArgumentError, OutOfMemoryError, RealAllocError, require_int
 
-__all__ = ["DISTRIBUTIONS", "StressConfig", "StressReport", "load_replay", "run_stress"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "EXIT_CODES",
+    "EXIT_FAILED",
+    "EXIT_NOT_RUN",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "StressConfig",
+    "StressReport",
+    "add_arguments",
+    "config_from_args",
+    "load_replay",
+    "run_stress",
+    "stress_main",
+    "writable_path",
+    "write_json",
+]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_NOT_RUN: Final = 3
+EXIT_CODES: Final = """\
+exit codes:
+  0  ok: at least one malloc succeeded, every object held its pattern,
+     heap.check() passed
+  1  failed: an object's bytes differed from its pattern, heap.check()
+     raised, or a worker raised an unexpected exception
+  2  bad usage: an option out of range or malformed, --distribution
+     with --replay, an unreadable or malformed replay file, a --json
+     path that cannot be written; nothing was run
+  3  could not run: no malloc succeeded (e.g. --fault-every 1 or a
+     tiny --memory-limit), the heap could not be created, or the JSON
+     report could not be written after the run
+  1 wins over 3.  Some but not all mallocs failing with MemoryError is
+  not a failure: refusing memory cleanly is correct behaviour under
+  injected faults or a memory limit; the failures are counted in the
+  report and the run is judged on what did succeed."""
+"""The exit-code table of ``--help`` (the module docstring repeats it)."""
 
 DISTRIBUTIONS: Final = ("uniform", "lognormal", "large", "replay")
 _MIX: Final = 0x9E3779B97F4A7C15
 _FAULT_OPS: Final = ("reserve", "commit", "release")
+_C_INT_MAX: Final = (1 << 63) - 1  # inject_faults and the memory limit take an int64
+_DEFAULT_THREADS: Final = min(os.cpu_count() or 2, 1024)  # the cap of the threads option
+_TTY_INTERVAL: Final = 0.5
+"""Seconds between updates of the progress line on a terminal."""
+
+
+def _require_range(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    """``require_int`` with the upper bound said in decimal (it says hex, for addresses)."""
+    v = require_int(name, value, lo)
+    if hi is not None and v > hi:
+        raise InvalidArgumentError(f"{name} must be <= {hi}, got {v}")
+    return v
+
+
+def _require_fraction(name: str, value: object) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise InvalidArgumentError(f"{name} must be between 0 and 1, got {value!r}")
+
+
+def _require_seconds(name: str, value: object, hi: float) -> None:
+    # `not (0 < v <= hi)` also refuses nan, which compares false with everything
+    if not (isinstance(value, (int, float)) and 0 < value <= hi):
+        raise InvalidArgumentError(f"{name} must be in (0, {hi:g}] seconds, got {value!r}")
+
+
+# One check per numeric field, shared by StressConfig.check and the command
+# line's option types, so the two cannot disagree about a range.
+_FIELD_CHECKS: Final[dict[str, Callable[[Any], object]]] = {
+    "threads": lambda v: _require_range("threads", v, 1, 1024),
+    "ops": lambda v: v is None or _require_range("ops", v, 1),
+    "duration": lambda v: _require_seconds("duration", v, 86400),
+    "live": lambda v: _require_range("live", v, 1, 10_000_000),
+    "scan_ratio": lambda v: _require_fraction("scan_ratio", v),
+    "cross_free": lambda v: _require_fraction("cross_free", v),
+    "verify_rate": lambda v: _require_fraction("verify_rate", v),
+    "seed": lambda v: _require_range("seed", v, 0),
+    "fault_every": lambda v: _require_range("fault_every", v, 0, _C_INT_MAX),
+    "memory_limit": lambda v: v is None or _require_range("memory_limit", v, 0, _C_INT_MAX),
+    "progress_every": lambda v: _require_seconds("progress_every", v, 3600),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class StressConfig:
     """What to run.  Validated by ``check``."""
 
-    threads: int = os.cpu_count() or 2
+    threads: int = _DEFAULT_THREADS
     """Worker threads."""
     ops: int | None = None
-    """Operations (malloc or free) per worker; None: run for ``duration``."""
+    """Operations per worker: mallocs tried (failed ones count) and frees done;
+    handing an object to another thread is not one.  None: run for ``duration``."""
     duration: float = 10.0
     """Seconds to run when ``ops`` is None."""
     distribution: str = "uniform"
@@ -71,31 +180,23 @@ class StressConfig:
     seed: int = 1
     fault_every: int = 0
     """Fail every N-th reserve, commit and release in the shim (0: never)."""
+    memory_limit: int | None = None
+    """Bytes: ``heap.set_memory_limit`` for the run (None: no limit)."""
     progress: bool = True
-    """Print a progress line to stderr while running."""
+    """Write progress to the stream given to ``run_stress``."""
+    progress_every: float = 5.0
+    """Seconds between plain progress lines when that stream is not a terminal."""
 
     def check(self) -> None:
         """Raise InvalidArgumentError (or ArgumentTypeError) for a bad option."""
-        require_int("threads", self.threads, 1, 1024)
-        if self.ops is not None:
-            require_int("ops", self.ops, 1)
-        if not (isinstance(self.duration, (int, float)) and 0 < self.duration <= 86400):
-            raise InvalidArgumentError(
-                f"duration must be in (0, 86400] seconds, got {self.duration!r}"
-            )
+        for name, check in _FIELD_CHECKS.items():
+            check(getattr(self, name))
         if self.distribution not in DISTRIBUTIONS:
             raise InvalidArgumentError(
                 f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}"
             )
         if self.distribution == "replay" and not self.sizes:
             raise InvalidArgumentError("the replay distribution needs a file of sizes")
-        require_int("live", self.live, 1, 10_000_000)
-        for name in ("scan_ratio", "cross_free", "verify_rate"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-                raise InvalidArgumentError(f"{name} must be between 0 and 1, got {value!r}")
-        require_int("seed", self.seed, 0)
-        require_int("fault_every", self.fault_every, 0)
 
 
 @dataclass(slots=True)
@@ -119,6 +220,7 @@ class StressReport:
     config: dict[str, Any]
     seconds: float = 0.0
     mallocs: int = 0
+    """Mallocs that succeeded."""
     frees: int = 0
     cross_thread_frees: int = 0
     verifies: int = 0
@@ -127,8 +229,11 @@ class StressReport:
     """MemoryErrors raised (injected faults, memory limit)."""
     faults_injected: dict[str, int] = field(default_factory=dict)
     peak_rss: int = 0
+    """Highest RSS sampled (twice a second) during the run."""
     final_rss: int = 0
+    """RSS after every object was freed, the heap scavenged and checked."""
     baseline_rss: int = 0
+    """RSS with the heap created, before the workers started."""
     scavenged: int = 0
     """Bytes released to the OS during the run and by the final scavenge."""
     by_class: list[dict[str, int]] = field(default_factory=list)
@@ -138,8 +243,27 @@ class StressReport:
     """Unexpected exceptions in workers."""
 
     @property
+    def failed(self) -> bool:
+        """Something was wrong: a corrupted object, a failed check, a worker error."""
+        return bool(self.corruptions or self.errors or self.check != "ok")
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code for this run (see EXIT_CODES)."""
+        if self.failed:
+            return EXIT_FAILED
+        # Nothing allocated means nothing was verified: not a pass.
+        return EXIT_OK if self.mallocs else EXIT_NOT_RUN
+
+    @property
     def ok(self) -> bool:
-        return not self.corruptions and not self.errors and self.check == "ok"
+        return self.exit_code == EXIT_OK
+
+    @property
+    def status(self) -> str:
+        return {EXIT_OK: "OK", EXIT_FAILED: "FAILED"}.get(
+            self.exit_code, "NOT RUN (no malloc succeeded)"
+        )
 
     @property
     def ops_per_second(self) -> float:
@@ -148,13 +272,15 @@ class StressReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ok"] = self.ok
+        out["status"] = self.status
+        out["exit_code"] = self.exit_code
         out["ops_per_second"] = self.ops_per_second
         return out
 
     def format(self) -> str:
         mib = 1 << 20
         lines = [
-            f"realalloc stress: {'OK' if self.ok else 'FAILED'}",
+            f"realalloc stress: {self.status}",
             f"  threads {self.config['threads']}, distribution {self.config['distribution']}, "
             f"seed {self.config['seed']}",
             f"  operations   {self.mallocs + self.frees:>12,} in {self.seconds:.1f} s "
@@ -215,23 +341,26 @@ def load_replay(path: str) -> tuple[tuple[int, bool], ...]:
     return tuple(sizes)
 
 
-def _size_source(cfg: StressConfig, rng: random.Random) -> Callable[[], int]:
+def _size_source(
+    cfg: StressConfig, rng: random.Random, class_sizes: tuple[int, ...]
+) -> Callable[[], int]:
+    """Draws object sizes.  ``class_sizes``: Go's size classes, class 0 (0) first."""
     if cfg.distribution == "uniform":
-        bounds = CLASS_TO_SIZE
 
         def uniform() -> int:
-            c = rng.randrange(1, len(bounds))
-            return rng.randint(bounds[c - 1] + 1, bounds[c])
+            c = rng.randrange(1, len(class_sizes))
+            return rng.randint(class_sizes[c - 1] + 1, class_sizes[c])
 
         return uniform
     if cfg.distribution == "lognormal":
         return lambda: max(1, min(1 << 20, int(rng.lognormvariate(math.log(64), 1.5))))
     if cfg.distribution == "large":
+        max_small = class_sizes[-1]
 
         def large() -> int:
             if rng.random() < 0.5:
-                return rng.randint(MAX_SMALL_SIZE + 1, 4 << 20)
-            return rng.randint(1, MAX_SMALL_SIZE)
+                return rng.randint(max_small + 1, 4 << 20)
+            return rng.randint(1, max_small)
 
         return large
     raise AssertionError(cfg.distribution)
@@ -248,8 +377,24 @@ class _Totals:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ops = 0  # read by the monitor without the lock: approximate
-        self.live_bytes = 0
         self.report_counts = [0] * 6  # mallocs frees cross verifies bytes failed
+
+
+@dataclass(slots=True)
+class _Run:
+    """What the workers of one run share."""
+
+    heap: Heap
+    cfg: StressConfig
+    report: StressReport
+    class_sizes: tuple[int, ...]
+    """Go's size classes, class 0 (size 0) first, from the heap's stats."""
+    deadline: float
+    handoff: queue.SimpleQueue[tuple[int, int, int, str]] = field(default_factory=queue.SimpleQueue)
+    """(addr, size, seq, owner) of objects one worker passed for another to free."""
+    totals: _Totals = field(default_factory=_Totals)
+    abort: threading.Event = field(default_factory=threading.Event)
+    """Set when the main thread is interrupted: the workers stop early."""
 
 
 def _inspect(addr: int, size: int, seq: int, when: str, thread: str) -> Corruption | None:
@@ -261,24 +406,18 @@ def _inspect(addr: int, size: int, seq: int, when: str, thread: str) -> Corrupti
     return Corruption(addr, size, seq, offset, when, thread)
 
 
-def _worker(
-    heap: Heap,
-    cfg: StressConfig,
-    index: int,
-    handoff: queue.SimpleQueue[tuple[int, int, int, str]],
-    totals: _Totals,
-    report: StressReport,
-    deadline: float,
-) -> None:
+def _worker(run: _Run, index: int) -> None:
+    cfg, handoff, totals = run.cfg, run.handoff, run.totals
     name = f"w{index}"
     rng = random.Random(cfg.seed * 1000 + index)
-    next_size = _size_source(cfg, rng) if cfg.distribution != "replay" else None
+    next_size = _size_source(cfg, rng, run.class_sizes) if cfg.distribution != "replay" else None
     replay = cfg.sizes
     live: list[tuple[int, int, int]] = []  # (addr, size, seq)
     counts = [0] * 6
-    malloc, free = heap.malloc, heap.free
+    malloc, free = run.heap.malloc, run.heap.free
     seq = index << 40
-    ops = 0
+    ops = 0  # mallocs tried and frees done, what cfg.ops limits
+    steps = 0  # loop turns, hand-offs included: when to look at the clock
     corruptions: list[Corruption] = []
 
     def verify(addr: int, size: int, s: int, when: str, thread: str = name) -> None:
@@ -293,147 +432,209 @@ def _worker(
         counts[1] += 1
 
     while True:
-        if cfg.ops is not None:
-            if ops >= cfg.ops:
-                break
-        elif ops & 63 == 0 and time.monotonic() >= deadline:
+        if steps & 63 == 0 and (
+            run.abort.is_set() or (cfg.ops is None and time.monotonic() >= run.deadline)
+        ):
             break
-        ops += 1
-        if ops & 255 == 0:
-            totals.ops += 256
+        if cfg.ops is not None and ops >= cfg.ops:
+            break
+        steps += 1
         try:
             taken = handoff.get_nowait()
         except queue.Empty:
             taken = None
-        if taken is not None:
+        if taken is None and live and (len(live) >= cfg.live or rng.random() < 0.45):
+            item = live.pop(rng.randrange(len(live)))
+            if rng.random() < cfg.cross_free:
+                handoff.put((*item, name))
+                continue  # not an operation: the taker's free is
+            release(item, "free")
+        elif taken is not None:
             addr, size, s, owner = taken
             verify(addr, size, s, "free", owner)
             free(addr)
             counts[1] += 1
             counts[2] += 1
-            continue
-        if live and (len(live) >= cfg.live or rng.random() < 0.45):
-            item = live.pop(rng.randrange(len(live)))
-            if rng.random() < cfg.cross_free:
-                handoff.put((*item, name))
-            else:
-                release(item, "free")
-            continue
-        if replay:
-            size, scan = replay[(seq + index) % len(replay)]
         else:
-            assert next_size is not None
-            size, scan = next_size(), rng.random() < cfg.scan_ratio
-        seq += 1
-        try:
-            addr = malloc(size, scan=scan, zero=False)
-        except OutOfMemoryError:
-            counts[5] += 1
-            continue
-        ctypes.memmove(addr, _pattern(addr, seq, size), size)
-        live.append((addr, size, seq))
-        counts[0] += 1
-        counts[4] += size
-        if live and rng.random() < cfg.verify_rate:
-            addr, size, s = live[rng.randrange(len(live))]
-            verify(addr, size, s, "verify")
+            if replay:
+                size, scan = replay[(seq + index) % len(replay)]
+            else:
+                assert next_size is not None
+                size, scan = next_size(), rng.random() < cfg.scan_ratio
+            seq += 1
+            try:
+                addr = malloc(size, scan=scan, zero=False)
+            except OutOfMemoryError:
+                counts[5] += 1
+            else:
+                ctypes.memmove(addr, _pattern(addr, seq, size), size)
+                live.append((addr, size, seq))
+                counts[0] += 1
+                counts[4] += size
+                if rng.random() < cfg.verify_rate:
+                    addr, size, s = live[rng.randrange(len(live))]
+                    verify(addr, size, s, "verify")
+        ops += 1
+        if ops & 255 == 0:
+            totals.ops += 256
     for item in live:
         release(item, "final")
     with totals.lock:
         totals.report_counts = [a + b for a, b in zip(totals.report_counts, counts, strict=True)]
-        report.corruptions.extend(corruptions)
+        run.report.corruptions.extend(corruptions)
 
 
-def _monitor(
-    heap: Heap,
-    totals: _Totals,
-    report: StressReport,
-    stop: threading.Event,
-    progress: TextIO | None,
-    started: float,
-    cfg: StressConfig,
-) -> None:
-    last_ops, last_t = 0, started
-    while not stop.wait(0.5):
-        now_rss = rss()
-        report.peak_rss = max(report.peak_rss, now_rss)
-        if progress is None:
-            continue
-        now = time.monotonic()
-        ops = totals.ops
-        rate = (ops - last_ops) / max(now - last_t, 1e-9)
-        last_ops, last_t = ops, now
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+class _Progress:
+    """Progress output on one stream: on a terminal a line rewritten with '\\r'
+    every half second; elsewhere an ordinary line every ``every`` seconds, so a
+    log gets a readable line now and then instead of a flood of rewrites."""
+
+    def __init__(self, stream: TextIO, every: float, cfg: StressConfig, started: float) -> None:
+        self.stream = stream
+        self.tty = _is_terminal(stream)
+        self.every = _TTY_INTERVAL if self.tty else every
+        self.cfg = cfg
+        self.started = started
+        self.due = started + self.every
+        self.last_ops, self.last_t = 0, started
+        self.wrote = False
+        self.dead = False
+
+    def update(self, now: float, ops: int, heap: Heap, now_rss: int) -> None:
+        if self.dead or now < self.due:
+            return
+        self.due += self.every
+        if self.due <= now:  # far behind (a starved monitor): resume the rhythm, no burst
+            self.due = now + self.every
+        rate = (ops - self.last_ops) / max(now - self.last_t, 1e-9)
+        self.last_ops, self.last_t = ops, now
         try:
             st = heap.stats()
-        except Exception:  # the heap may be closing
-            continue
+        except RealAllocError:  # a caller's heap closed under us: nothing to show
+            return
+        cfg = self.cfg
         if cfg.ops is None:
-            done = min(1.0, (now - started) / cfg.duration)
+            done = min(1.0, (now - self.started) / cfg.duration)
         else:
             done = min(1.0, ops / (cfg.ops * cfg.threads))
-        bar = "#" * int(done * 20)
-        progress.write(
-            f"\r[{bar:<20}] {done:4.0%} {rate:>10,.0f} ops/s  live {st.heap_alloc >> 20:>6} MiB"
-            f"  inuse {st.heap_inuse >> 20:>6} MiB  RSS {now_rss >> 20:>6} MiB "
+        figures = (
+            f"{rate:>10,.0f} ops/s  live {st.heap_alloc >> 20:>6} MiB"
+            f"  inuse {st.heap_inuse >> 20:>6} MiB  RSS {now_rss >> 20:>6} MiB"
         )
-        progress.flush()
+        if self.tty:
+            text = f"\r[{'#' * int(done * 20):<20}] {done:4.0%} {figures} "
+        else:
+            text = f"stress {now - self.started:7.1f} s {done:4.0%} {figures}\n"
+        self._write(text)
+
+    def finish(self) -> None:
+        if self.tty and self.wrote:
+            self._write("\n")  # end the rewritten line before the report
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+            self.wrote = True
+        except (OSError, ValueError):  # stderr closed or a broken pipe: stop showing progress
+            self.dead = True
+
+
+def _monitor(run: _Run, stop: threading.Event, progress: _Progress | None) -> None:
+    tick = _TTY_INTERVAL if progress is None else min(_TTY_INTERVAL, progress.every)
+    while not stop.wait(tick):
+        now_rss = rss()
+        run.report.peak_rss = max(run.report.peak_rss, now_rss)
+        if progress is not None:
+            progress.update(time.monotonic(), run.totals.ops, run.heap, now_rss)
     if progress is not None:
-        progress.write("\n")
+        progress.finish()
 
 
-def run_stress(cfg: StressConfig, *, progress: TextIO | None = None) -> StressReport:
-    """Run one stress test; never raises for what it finds (see the report)."""
+def run_stress(
+    cfg: StressConfig, *, progress: TextIO | None = None, heap: Heap | None = None
+) -> StressReport:
+    """Run one stress test; never raises for what it finds (see the report).
+
+    ``progress``: where progress goes when ``cfg.progress`` (see _Progress).
+    ``heap``: run on this heap and leave it open (its memory limit is set if
+    ``cfg.memory_limit`` is); by default a new heap, closed at the end.
+    """
     cfg.check()
+    own = heap is None
+    if heap is None:
+        heap = Heap()
+    try:
+        return _run(cfg, heap, progress if cfg.progress else None)
+    finally:
+        if own:
+            heap.close()
+
+
+def _run(cfg: StressConfig, heap: Heap, stream: TextIO | None) -> StressReport:
     report = StressReport(config={k: v for k, v in asdict(cfg).items() if k != "sizes"})
     report.baseline_rss = report.peak_rss = rss()
+    if cfg.memory_limit is not None:
+        heap.set_memory_limit(cfg.memory_limit)
+    st = heap.stats()
+    released_before = st.released_total
     hits_before = {op: fault_hits(op) for op in _FAULT_OPS}
-    heap = Heap()
-    totals = _Totals()
-    handoff: queue.SimpleQueue[tuple[int, int, int, str]] = queue.SimpleQueue()
-    stop = threading.Event()
     started = time.monotonic()
-    deadline = started + cfg.duration
-    if cfg.fault_every:
-        for op in _FAULT_OPS:
-            inject_faults(op, 0, cfg.fault_every)
+    run = _Run(heap, cfg, report, tuple(c.size for c in st.by_size), started + cfg.duration)
     errors: list[str] = []
 
     def guarded(i: int) -> None:
         try:
-            _worker(heap, cfg, i, handoff, totals, report, deadline)
+            _worker(run, i)
         except Exception as exc:  # reported, not raised: the run goes on
             errors.append(f"worker {i}: {type(exc).__name__}: {exc}")
 
-    monitor = threading.Thread(
-        target=_monitor,
-        args=(heap, totals, report, stop, progress if cfg.progress else None, started, cfg),
-        daemon=True,
-    )
-    monitor.start()
+    stop = threading.Event()
+    progress = None if stream is None else _Progress(stream, cfg.progress_every, cfg, started)
+    monitor = threading.Thread(target=_monitor, args=(run, stop, progress), daemon=True)
     workers = [threading.Thread(target=guarded, args=(i,)) for i in range(cfg.threads)]
+    monitor.start()
+    if cfg.fault_every:
+        for op in _FAULT_OPS:
+            inject_faults(op, 0, cfg.fault_every)
     try:
         for w in workers:
             w.start()
         for w in workers:
             w.join()
+    except BaseException:
+        # Interrupted (Ctrl-C): stop the workers before the heap can be
+        # closed under them, then let the interruption through.
+        run.abort.set()
+        for w in workers:
+            if w.ident is not None:
+                w.join()
+        raise
     finally:
+        stop.set()
+        monitor.join()
         if cfg.fault_every:
             for op in _FAULT_OPS:
                 inject_faults(op, 0, 0)
     # Objects handed off after their receivers stopped.
     while True:
         try:
-            addr, size, s, owner = handoff.get_nowait()
+            addr, size, s, owner = run.handoff.get_nowait()
         except queue.Empty:
             break
         if (bad := _inspect(addr, size, s, "final", owner)) is not None:
             report.corruptions.append(bad)
         heap.free(addr)
-        totals.report_counts[1] += 1
-        totals.report_counts[2] += 1
+        run.totals.report_counts[1] += 1
+        run.totals.report_counts[2] += 1
     report.seconds = time.monotonic() - started
-    stop.set()
-    monitor.join()
     (
         report.mallocs,
         report.frees,
@@ -441,15 +642,15 @@ def run_stress(cfg: StressConfig, *, progress: TextIO | None = None) -> StressRe
         report.verifies,
         report.bytes_allocated,
         report.failed_mallocs,
-    ) = totals.report_counts
+    ) = run.totals.report_counts
     report.errors = errors
     report.faults_injected = {op: fault_hits(op) - hits_before[op] for op in _FAULT_OPS}
     try:
         heap.scavenge()
-    except OutOfMemoryError as exc:  # an injected release fault, after the run
+    except OutOfMemoryError as exc:  # the OS refused a release after the run
         report.errors.append(f"final scavenge: {exc}")
     st = heap.stats()
-    report.scavenged = st.released_total
+    report.scavenged = st.released_total - released_before
     report.by_class = [
         {"class": i, "size": c.size, "mallocs": c.mallocs, "frees": c.frees}
         for i, c in enumerate(st.by_size)
@@ -461,7 +662,6 @@ def run_stress(cfg: StressConfig, *, progress: TextIO | None = None) -> StressRe
     except Exception as exc:
         report.check = f"{type(exc).__name__}: {exc}"
     report.final_rss = rss()
-    heap.close()
     return report
 
 
@@ -471,71 +671,217 @@ def write_json(report: StressReport, path: str) -> None:
         f.write("\n")
 
 
-def stress_main(args: Any, out: TextIO | None = None) -> int:
-    """The ``stress`` subcommand: build the config from parsed arguments, run, report."""
-    sizes: tuple[tuple[int, bool], ...] = ()
-    if args.replay:
-        sizes = load_replay(args.replay)
+def stress_main(
+    cfg: StressConfig,
+    *,
+    json_path: str | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """The ``stress`` subcommand once its options are checked: run, report,
+    return the exit code (EXIT_CODES).  Progress and problems go to ``err``."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        heap = Heap()
+    except OutOfMemoryError as exc:  # e.g. too many heaps open in this process
+        print(f"realalloc stress: could not run: cannot create a heap: {exc}", file=err)
+        return EXIT_NOT_RUN
+    try:
+        report = run_stress(cfg, progress=err, heap=heap)
+    finally:
+        heap.close()
+    print(report.format(), file=out)
+    code = report.exit_code
+    if json_path is not None:
+        try:
+            write_json(report, json_path)
+        except OSError as exc:  # checked writable before the run; something changed since
+            print(f"realalloc stress: cannot write the JSON report: {exc}", file=err)
+            if code == EXIT_OK:
+                code = EXIT_NOT_RUN
+    return code
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+class ReplayFile(NamedTuple):
+    """A ``--replay`` option: the path and the sizes read from it."""
+
+    path: str
+    sizes: tuple[tuple[int, bool], ...]
+
+
+def _option(convert: Callable[[str], Any], field_name: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, then the field's range check, so a
+    bad value is a usage error naming the option (``argument --threads: ...``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:  # worded as argparse words its own conversion errors
+            raise argparse.ArgumentTypeError(
+                f"invalid {convert.__name__.strip('_')} value: {text!r}"
+            ) from None
+        try:
+            _FIELD_CHECKS[field_name](value)
+        except RealAllocError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+_SIZE_RE: Final = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+
+
+def _size(text: str) -> int:
+    """Bytes from ``4096``, ``64K``, ``64MiB``, ``1G`` (powers of 1024)."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(text)
+    return int(m[1]) << {"": 0, "k": 10, "m": 20, "g": 30}[m[2].lower()]
+
+
+def _replay_file(path: str) -> ReplayFile:
+    try:
+        return ReplayFile(path, load_replay(path))
+    except RealAllocError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def writable_path(path: str) -> str:
+    """An argparse type for a report path (``--json``): the path, once it is
+    known that it can be written.  Opening it is the only check that holds for
+    every reason it could not be (no such directory, a directory, permissions,
+    a read-only file system); a file this created is removed again, so a
+    refused command line leaves nothing behind."""
+    existed = os.path.lexists(path)
+    try:
+        # O_NONBLOCK: a FIFO without a reader fails here instead of hanging
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(
+            f"cannot write the JSON report to {path}: {exc.strerror}"
+        ) from None
+    os.close(fd)
+    if not existed:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``stress`` subcommand, each checked as it is parsed, and
+    the exit codes in its help."""
+    parser.epilog = EXIT_CODES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--threads",
+        type=_option(int, "threads"),
+        default=_DEFAULT_THREADS,
+        help="worker threads, 1 to 1024 (default: the number of cores)",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--duration",
+        type=_option(float, "duration"),
+        default=10.0,
+        help="seconds to run (default 10)",
+    )
+    group.add_argument(
+        "--ops",
+        type=_option(int, "ops"),
+        default=None,
+        help="instead, operations per worker: mallocs tried and frees done",
+    )
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument(
+        "--distribution",
+        choices=DISTRIBUTIONS[:-1],
+        default=None,  # not "uniform": giving it at all together with --replay is an error
+        help="object sizes: uniform over Go's size classes (the default), lognormal, "
+        "or large (large-object heavy)",
+    )
+    sizes.add_argument(
+        "--replay",
+        metavar="FILE",
+        type=_replay_file,
+        help="sizes from a file, one per line: SIZE [scan|noscan]",
+    )
+    parser.add_argument(
+        "--live", type=_option(int, "live"), default=2000, help="live objects per worker"
+    )
+    parser.add_argument(
+        "--scan-ratio",
+        type=_option(float, "scan_ratio"),
+        default=0.3,
+        help="fraction with scan=True",
+    )
+    parser.add_argument(
+        "--cross-free",
+        type=_option(float, "cross_free"),
+        default=0.3,
+        help="fraction of frees done by another thread",
+    )
+    parser.add_argument(
+        "--verify-rate",
+        type=_option(float, "verify_rate"),
+        default=0.05,
+        help="chance per operation of verifying a random live object",
+    )
+    parser.add_argument("--seed", type=_option(int, "seed"), default=1)
+    parser.add_argument(
+        "--fault-every",
+        type=_option(int, "fault_every"),
+        default=0,
+        metavar="N",
+        help="fail every N-th reserve, commit and release in the shim",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=_option(_size, "memory_limit"),
+        default=None,
+        metavar="SIZE",
+        help="heap.set_memory_limit for the run: bytes, or with K, M, G (e.g. 256M)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="FILE",
+        type=writable_path,
+        help="also write the report as JSON (checked writable before the run)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--progress-every",
+        type=_option(float, "progress_every"),
+        default=5.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal, one progress line every SECONDS (default 5)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> StressConfig:
+    """The run's configuration from options ``add_arguments`` parsed (and so
+    checked).  Raises InvalidArgumentError only if they disagree with
+    ``StressConfig.check``, which would be a bug here."""
+    replay: ReplayFile | None = args.replay
     cfg = StressConfig(
         threads=args.threads,
         ops=args.ops,
         duration=args.duration,
-        distribution="replay" if args.replay else args.distribution,
-        sizes=sizes,
+        distribution="replay" if replay else (args.distribution or "uniform"),
+        sizes=replay.sizes if replay else (),
         live=args.live,
         scan_ratio=args.scan_ratio,
         cross_free=args.cross_free,
         verify_rate=args.verify_rate,
         seed=args.seed,
         fault_every=args.fault_every,
+        memory_limit=args.memory_limit,
         progress=not args.quiet,
+        progress_every=args.progress_every,
     )
-    report = run_stress(cfg, progress=sys.stderr)
-    print(report.format(), file=sys.stdout if out is None else out)
-    if args.json:
-        write_json(report, args.json)
-    return 0 if report.ok else 1
-
-
-def add_arguments(parser: Any) -> None:
-    """Options of the ``stress`` subcommand."""
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=os.cpu_count() or 2,
-        help="worker threads (default: the number of cores)",
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
-    group.add_argument("--ops", type=int, default=None, help="operations per worker instead")
-    parser.add_argument(
-        "--distribution",
-        choices=DISTRIBUTIONS[:-1],
-        default="uniform",
-        help="object sizes: uniform over Go's size classes, lognormal, or large "
-        "(large-object heavy)",
-    )
-    parser.add_argument(
-        "--replay", metavar="FILE", help="sizes from a file, one per line: SIZE [scan|noscan]"
-    )
-    parser.add_argument("--live", type=int, default=2000, help="live objects per worker")
-    parser.add_argument("--scan-ratio", type=float, default=0.3, help="fraction with scan=True")
-    parser.add_argument(
-        "--cross-free", type=float, default=0.3, help="fraction of frees done by another thread"
-    )
-    parser.add_argument(
-        "--verify-rate",
-        type=float,
-        default=0.05,
-        help="chance per operation of verifying a random live object",
-    )
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--fault-every",
-        type=int,
-        default=0,
-        metavar="N",
-        help="fail every N-th reserve, commit and release in the shim",
-    )
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    cfg.check()
+    return cfg
