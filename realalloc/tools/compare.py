@@ -47,6 +47,10 @@ Columns, per workload and allocator:
              (``stats().heap_inuse``); glibc's arenas and mmapped chunks
              (mallinfo2 ``arena + hblkhd``, less the baseline and the tracker's
              own table, which the interpreter also mallocs)
+  usable     usable bytes of the live objects / bytes they asked for, when live
+             bytes peak: rounding up to classes and blocks, glibc's chunk
+             headers (Go's heap_alloc for realalloc.Heap; mallinfo2 ``uordblks
+             + hblkhd`` for glibc)
   frag       held / live: memory needed per byte of the peak live set
              (Johnstone and Wilson's fourth measure; both maxima)
   meta       peak metadata, KiB: a design's ``stats().metadata_bytes``; Go's
@@ -96,15 +100,28 @@ _SAMPLE_EVERY: Final = 512
 # -- the child: one workload on one allocator -------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sample:
+    """The allocator's own view of its memory at one moment, bytes."""
+
+    held: int
+    """held for objects: page runs, in-use spans, arenas"""
+    usable: int
+    """usable bytes of the live objects: their blocks, slots or chunks"""
+    metadata: int | None
+    """None where not measured"""
+
+
 @dataclass
 class _Target:
     """An allocator in the child: its calls, and its own view of its memory."""
 
     malloc: Callable[[int], int]
     free: Callable[[int], None]
-    sample: Callable[[], tuple[int, int | None]]  # (bytes held, metadata bytes or None)
+    sample: Callable[[], Sample]
     close: Callable[[], None]
     version: str
+    detail: Callable[[], dict[str, int]] = dict  # a design's own counters, at the end
 
 
 class _MallInfo2(ctypes.Structure):
@@ -143,41 +160,49 @@ def _open(name: str) -> _Target:
         mallinfo2.restype, mallinfo2.argtypes = _MallInfo2, []
         libc.gnu_get_libc_version.restype = ctypes.c_char_p
 
-        def glibc_held() -> tuple[int, int | None]:
+        def glibc_sample() -> Sample:
             info = mallinfo2()
-            return int(info.arena + info.hblkhd), None
+            return Sample(int(info.arena + info.hblkhd), int(info.uordblks + info.hblkhd), None)
 
         version = libc.gnu_get_libc_version().decode()
-        return _Target(malloc, free, glibc_held, lambda: None, version)
+        return _Target(malloc, free, glibc_sample, lambda: None, version)
     if name == "go":
         import realalloc
 
         heap = realalloc.Heap()
 
-        def go_held() -> tuple[int, int | None]:
-            return heap.stats().heap_inuse, heap.metadata_bytes()
+        def go_sample() -> Sample:
+            st = heap.stats()
+            return Sample(st.heap_inuse, st.heap_alloc, heap.metadata_bytes())
 
-        return _Target(heap.malloc, heap.free, go_held, heap.close, realalloc.__version__)
+        return _Target(heap.malloc, heap.free, go_sample, heap.close, realalloc.__version__)
     from ..designs import make
 
     design = make(name)
 
-    def design_held() -> tuple[int, int | None]:
+    def design_sample() -> Sample:
         st = design.stats()
-        return st.bytes_held, st.metadata_bytes
+        return Sample(st.bytes_held, st.bytes_allocated, st.metadata_bytes)
 
-    return _Target(design.malloc, design.free, design_held, design.close, "")
+    def design_detail() -> dict[str, int]:
+        return design.stats().detail
+
+    return _Target(design.malloc, design.free, design_sample, design.close, "", design_detail)
 
 
 class _Tracker:
     """malloc and free around a target, with live bytes and sampled peaks."""
 
-    def __init__(self, target: _Target, held_offset: Callable[[], int]) -> None:
+    def __init__(self, target: _Target, baseline: Sample, in_view: bool) -> None:
         self._malloc, self._free, self._sample = target.malloc, target.free, target.sample
-        self._held_offset = held_offset  # bytes of ``held`` that are not the workload's
+        # Subtracted from every sample: what the allocator held before the run,
+        # and (``in_view``: the interpreter mallocs from the same allocator) the
+        # tracker's own table.
+        self._baseline, self._in_view = baseline, in_view
         self.sizes: dict[int, int] = {}  # live address -> requested size
         self.live = self.peak_live = self.peak_held = 0
         self.peak_meta: int | None = None
+        self.usable_at_peak = self.live_at_peak = 0  # at the last sample on a new peak
         self._next = 0  # sample when live bytes reach this
         self._count = 0
         self.alloc_ns = 0  # inside malloc and free, summed over threads
@@ -196,7 +221,8 @@ class _Tracker:
                 self.peak_live = live
                 if live >= self._next:
                     self._next = live + live // 64 + 1
-                    self.sample_locked()
+                    usable = self.sample_locked()
+                    self.usable_at_peak, self.live_at_peak = usable, live
             if self._count % _SAMPLE_EVERY == 0:
                 self.sample_locked()
         return addr
@@ -215,11 +241,14 @@ class _Tracker:
         with self._lock:
             self.sample_locked()
 
-    def sample_locked(self) -> None:
-        held, meta = self._sample()
-        self.peak_held = max(self.peak_held, held - self._held_offset())
-        if meta is not None:
-            self.peak_meta = max(self.peak_meta or 0, meta)
+    def sample_locked(self) -> int:
+        """Fold a sample into the peaks; returns its usable bytes."""
+        now, base = self._sample(), self._baseline
+        own = sys.getsizeof(self.sizes) if self._in_view else 0
+        self.peak_held = max(self.peak_held, now.held - base.held - own)
+        if now.metadata is not None:
+            self.peak_meta = max(self.peak_meta or 0, now.metadata)
+        return now.usable - base.usable - own
 
 
 def _proc_status() -> dict[str, int]:
@@ -249,15 +278,10 @@ def run_child(allocator: str, workload: str, scale: float, seed: int) -> dict[st
     plan = mod.prepare(scale, seed)
     target = _open(allocator)
     target.free(target.malloc(64))  # initialised before the baseline
-    held0 = target.sample()[0] if allocator == "glibc" else 0
-    tracker: _Tracker
-
-    def offset() -> int:
-        # glibc's arenas also hold the interpreter's mallocs: what it held at the
-        # baseline, and the tracker's own table of sizes.
-        return held0 + sys.getsizeof(tracker.sizes) if allocator == "glibc" else 0
-
-    tracker = _Tracker(target, offset)
+    # glibc's arenas hold the interpreter's mallocs too: count from what they held
+    # now, and leave out the tracker's own table.  The others serve only the workload.
+    in_view = allocator == "glibc"
+    tracker = _Tracker(target, target.sample() if in_view else Sample(0, 0, None), in_view)
     alloc = Allocator(allocator, tracker.malloc, tracker.free, target.version, target.close)
     gc.collect()
     gc.disable()
@@ -271,6 +295,7 @@ def run_child(allocator: str, workload: str, scale: float, seed: int) -> dict[st
     gc.enable()
     peak = end["VmHWM"] if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     leaked = len(tracker.sizes)
+    detail = target.detail()
     target.close()
     return {
         "workload": workload,
@@ -285,7 +310,11 @@ def run_child(allocator: str, workload: str, scale: float, seed: int) -> dict[st
         "peak_live": tracker.peak_live,
         "peak_held": tracker.peak_held,
         "fragmentation": tracker.peak_held / tracker.peak_live if tracker.peak_live else None,
+        "usable_ratio": (
+            tracker.usable_at_peak / tracker.live_at_peak if tracker.live_at_peak else None
+        ),
         "metadata": tracker.peak_meta,
+        "detail": detail,
         "peak_reset": reset,
         "left_live": leaked,
         **counts,
@@ -428,7 +457,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The one table: a row per (workload, allocator)."""
     head = (
         f"{'workload':<13} {'allocator':<10} {'time s':>7} {'alloc s':>7} {'+peak':>7} "
-        f"{'+final':>7} {'live':>7} {'held':>7} {'frag':>6} {'meta KiB':>9}"
+        f"{'+final':>7} {'live':>7} {'held':>7} {'usable':>6} {'frag':>6} {'meta KiB':>9}"
     )
     lines = [head, "-" * len(head)]
     last = None
@@ -439,16 +468,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             lines.append(f"{w:<13} {r['allocator']:<10} FAILED: {r['error'][:120]}")
             continue
         frag = f"{r['fragmentation']:.2f}" if r["fragmentation"] is not None else "-"
+        usable = f"{r['usable_ratio']:.2f}" if r["usable_ratio"] is not None else "-"
         meta = f"{r['metadata'] / 1024:.1f}" if r["metadata"] is not None else "-"
         lines.append(
             f"{w:<13} {r['allocator']:<10} {r['seconds']:>7.3f} {r['alloc_seconds']:>7.3f} "
             f"{_mib(r['peak_rss']):>7} {_mib(r['final_rss']):>7} {_mib(r['peak_live']):>7} "
-            f"{_mib(r['peak_held']):>7} {frag:>6} {meta:>9}"
+            f"{_mib(r['peak_held']):>7} {usable:>6} {frag:>6} {meta:>9}"
         )
     lines.append(
         "alloc: seconds inside malloc/free; +peak, +final: RSS above the run's baseline, MiB;\n"
-        "live, held: peaks of the bytes asked for and held, MiB; frag = held / live; "
-        "meta: peak metadata ('-': not measured)"
+        "live, held: peaks of the bytes asked for and held, MiB; usable: usable / asked for "
+        "at the peak;\nfrag = held / live; meta: peak metadata, KiB ('-': not measured)"
     )
     return "\n".join(lines)
 
