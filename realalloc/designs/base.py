@@ -245,6 +245,15 @@ class DesignHeap(abc.ABC):
     def _addr_arg(addr: object) -> int:
         return require_int("addr", addr, 0, _MAX_ADDR)
 
+    def _pop_live(self, addr: int) -> int:
+        """Forget the live object at ``addr`` and return its requested size; the
+        bad-pointer error, with nothing changed, when there is none.  One dict
+        step, so of two threads freeing one object only one succeeds."""
+        size = self._live.pop(addr, None)
+        if size is None:
+            raise self._bad_pointer("free", addr)
+        return size
+
     def _bad_pointer(self, op: str, addr: int) -> InvalidPointerError:
         """The error for ``op(addr)`` when ``addr`` is not a live object (the
         fast paths check only its type: a negative one raises here)."""

@@ -153,9 +153,7 @@ class FreeListHeap(DesignHeap):
             addr = self._addr_arg(addr)
         with self.lock:
             self._check_open()
-            size = self._live.pop(addr, None)
-            if size is None:
-                raise self._bad_pointer("free", addr)
+            size = self._pop_live(addr)
             block = addr - 8
             region = self._region_of(block)
             assert region is not None  # a live object lies in a region

@@ -82,11 +82,6 @@ class PageSource:
             span, _ = self._runs[base]
         return span.view()
 
-    def runs(self) -> dict[int, int]:
-        """base -> bytes of every run held (a snapshot)."""
-        with self.lock:
-            return {base: nbytes for base, (_, nbytes) in self._runs.items()}
-
     def check(self) -> None:
         """PAGES-1 and PAGES-2 (MHeap's own invariants too); HeapCorruption."""
         if self.closed:

@@ -103,7 +103,7 @@ class SegregatedHeap(DesignHeap):
             size = self._size_arg(size)
         if size > MAX_SMALL:
             return self._malloc_large(size)
-        c = 0 if size <= 16 else (size - 1).bit_length() - MIN_SHIFT
+        c = size_class(size)
         with self.lock:
             self._check_open()
             blocks = self._free[c]
@@ -122,9 +122,7 @@ class SegregatedHeap(DesignHeap):
             addr = self._addr_arg(addr)
         with self.lock:
             self._check_open()
-            size = self._live.pop(addr, None)
-            if size is None:
-                raise self._bad_pointer("free", addr)
+            size = self._pop_live(addr)
             self._in_use -= size
             self._frees += 1
             if size <= MAX_SMALL:

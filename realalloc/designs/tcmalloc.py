@@ -454,7 +454,7 @@ class TCMallocHeap(DesignHeap):
             return self._malloc_slow(size)
         if self.closed:
             raise HeapClosedError(f"this {self.name} heap is closed")
-        c = _CLASS8[(size + 7) >> 3] if size <= 1024 else _CLASS128[(size + 127) >> 7]
+        c = size_class(size)
         try:
             cache: ThreadCache = self._local.cache
         except AttributeError:
@@ -479,13 +479,11 @@ class TCMallocHeap(DesignHeap):
             addr = self._addr_arg(addr)
         if self.closed:
             raise HeapClosedError(f"this {self.name} heap is closed")
-        size = self._live.pop(addr, None)  # one atomic step: of two racing frees, one wins
-        if size is None:
-            raise self._bad_pointer("free", addr)
+        size = self._pop_live(addr)
         if size > MAX_SMALL:
             self._free_pages(addr, size)
             return
-        c = _CLASS8[(size + 7) >> 3] if size <= 1024 else _CLASS128[(size + 127) >> 7]
+        c = size_class(size)
         try:
             cache: ThreadCache = self._local.cache
         except AttributeError:
