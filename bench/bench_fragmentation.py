@@ -78,29 +78,25 @@ import array
 import gc
 import hashlib
 import importlib
-import itertools
 import json
-import math
 import mmap
 import platform
-import random
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers
 
+from realalloc.tools.workloads import fragmentation
+from realalloc.tools.workloads.fragmentation import BANDS, FREE_FRACTION, run_workload
+
 MIB = 1 << 20
 OS_PAGE = 4096
-FREE_FRACTION = 0.9
 TARGET_FACTOR = 1.25
-BANDS = ((16, 1024, 0.40), (1024, 64 << 10, 0.40), (64 << 10, 1 << 20, 0.20))
-"""(low, high, share of the bytes): sizes log-uniform in [low, high)."""
 
 ALLOCATORS = ("realalloc", "glibc", "jemalloc", "mimalloc", "tcmalloc")
 PRELOAD = {
@@ -116,39 +112,11 @@ PROBES = ("alloc1", "free90", "free90_rel", "alloc2", "freeall", "freeall_rel")
 # ------------------------------------------------------------------ workload
 
 
-def log_uniform_mean(lo: int, hi: int) -> float:
-    return (hi - lo) / math.log(hi / lo)
-
-
-def draw_sizes(rng: random.Random, nbytes: int) -> array.array[int]:
-    """Sizes from BANDS until their sum reaches ``nbytes``."""
-    weights = [share / log_uniform_mean(lo, hi) for lo, hi, share in BANDS]
-    cum = [sum(weights[: i + 1]) / sum(weights) for i in range(len(weights))]
-    logs = [(lo, math.log(hi / lo)) for lo, hi, _ in BANDS]
-    out = array.array("I")
-    total = 0
-    rand = rng.random
-    while total < nbytes:
-        u = rand()
-        band = 0 if u < cum[0] else 1 if u < cum[1] else 2
-        lo, span = logs[band]
-        size = int(lo * math.exp(span * rand()))
-        out.append(size)
-        total += size
-    return out
-
-
 def make_workload(total_bytes: int, seed: int, directory: str) -> dict[str, Any]:
-    """Write the workload file; its description (counts, bytes, path)."""
-    rng = random.Random(seed)
-    sizes1 = draw_sizes(rng, total_bytes)
-    n1 = len(sizes1)
-    order = list(range(n1))
-    rng.shuffle(order)
-    nfree = int(n1 * FREE_FRACTION)
-    freed = sum(sizes1[i] for i in order[:nfree])
-    sizes2 = draw_sizes(rng, freed)
-    n2 = len(sizes2)
+    """Write the workload file (fragmentation.draw's sizes and order); its
+    description (counts, bytes, path)."""
+    plan = fragmentation.draw(total_bytes, seed)
+    sizes1, sizes2, order, nfree = plan.sizes1, plan.sizes2, plan.order, plan.nfree
     path = os.path.join(directory, f"workload-{seed}-{total_bytes}.bin")
     with open(path, "wb") as fh:
         sizes1.tofile(fh)
@@ -160,30 +128,18 @@ def make_workload(total_bytes: int, seed: int, directory: str) -> dict[str, Any]
     return {
         "path": path,
         "seed": seed,
-        "n1": n1,
-        "n2": n2,
+        "n1": len(sizes1),
+        "n2": len(sizes2),
         "nfree": nfree,
         "live": {
             "alloc1": bytes1,
-            "free90": bytes1 - freed,
-            "alloc2": bytes1 - freed + bytes2,
+            "free90": bytes1 - plan.freed,
+            "alloc2": bytes1 - plan.freed + bytes2,
             "freeall": 0,
         },
         "objects_by_band": [sum(1 for s in sizes1 if lo <= s < hi) for lo, hi, _ in BANDS],
-        "packed_free90": packed_pages(sizes1, keep),
+        "packed_free90": fragmentation.packed_pages(sizes1, keep),
     }
-
-
-def packed_pages(sizes: array.array[int], keep: list[int]) -> int:
-    """Bytes of the 4 KiB pages that objects ``keep`` touch if all of ``sizes``
-    were laid out back to back in allocation order (16-byte aligned, no headers):
-    what a non-moving allocator with no overhead would keep resident."""
-    offsets = [0, *itertools.accumulate((s + 15) & ~15 for s in sizes)]
-    pages = set()
-    for i in keep:
-        start, end = offsets[i], offsets[i] + sizes[i] - 1
-        pages.update(range(start // OS_PAGE, end // OS_PAGE + 1))
-    return len(pages) * OS_PAGE
 
 
 # ----------------------------------------------------------- touching pages
@@ -275,42 +231,6 @@ def reset_peak() -> bool:
 
 
 # ---------------------------------------------------------------- the driver
-
-
-def run_workload(
-    m: Callable[[int], int],
-    f: Callable[[int], Any],
-    release: Callable[[], Any],
-    touch: Callable[[int, int], None],
-    sizes: memoryview,
-    order: memoryview,
-    addrs: memoryview,
-    n1: int,
-    n2: int,
-    nfree: int,
-    probe: Callable[[str], None],
-) -> None:
-    """The four phases; identical for every allocator."""
-    for i in range(n1):
-        addrs[i] = m(sizes[i])
-    touch(0, n1)
-    probe("alloc1")
-    for j in order[:nfree]:
-        f(addrs[j])
-    probe("free90")
-    release()
-    probe("free90_rel")
-    for i in range(n1, n1 + n2):
-        addrs[i] = m(sizes[i])
-    touch(n1, n1 + n2)
-    probe("alloc2")
-    for j in order[nfree:]:
-        f(addrs[j])
-    for i in range(n1, n1 + n2):
-        f(addrs[i])
-    probe("freeall")
-    release()
-    probe("freeall_rel")
 
 
 class PreloadedPeer:

@@ -1,7 +1,9 @@
-"""The allocator interface the workloads are written against, and how each allocator is loaded.
+"""How each allocator is loaded for the benchmarks, and the C helpers that touch memory.
 
-A workload sees an :class:`Allocator`: two callables, ``malloc(size) -> int``
-(an address) and ``free(addr)``.  The same driver code runs on every allocator:
+The workload drivers and what they are written against (``Allocator``,
+``verify``, ``Worker``, ``run_all``) live in the package,
+realalloc/tools/workloads/; this module loads an allocator into that
+interface (``malloc(size) -> int`` and ``free(addr)``):
 
 * ``realalloc``: ``heap = realalloc.Heap()``; ``heap.malloc`` / ``heap.free``
   (C methods, GIL held; ``malloc`` zeroes memory, realalloc's default).  The
@@ -50,9 +52,7 @@ import resource
 import sys
 import sysconfig
 import tempfile
-import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent
@@ -62,6 +62,8 @@ for _p in (str(BENCH), str(ROOT)):
         sys.path.insert(0, _p)
 
 import peers  # noqa: E402  (bench/peers.py, after the path is set)
+
+from realalloc.tools.workloads.common import Allocator  # noqa: E402
 
 ALLOCATORS = ("realalloc", "glibc", "jemalloc", "mimalloc", "tcmalloc")
 """The allocators the runner runs by default, in table order."""
@@ -76,17 +78,6 @@ PRELOAD: dict[str, tuple[str, str]] = {
 """Peer run through LD_PRELOAD -> (soname, Debian package)."""
 
 MIB = 1 << 20
-
-
-@dataclass
-class Allocator:
-    """What a workload calls: ``malloc(size) -> address`` and ``free(address)``."""
-
-    name: str
-    malloc: Callable[[int], int]
-    free: Callable[[int], None]
-    version: str = ""
-    close: Callable[[], None] = field(default=lambda: None)
 
 
 def preload_path(name: str) -> str | None:
@@ -317,59 +308,6 @@ def memory() -> Any:
     if str(out) not in sys.path:
         sys.path.insert(0, str(out))
     return importlib.import_module(modname)
-
-
-class BadObject(AssertionError):
-    """An object's stamped bytes changed while it was live: the allocator handed out overlap."""
-
-
-def verify(mem: Any, addrs: Iterable[int], sizes: Iterable[int], what: str) -> int:
-    """Check every (addr, size) of a live set; raise BadObject on the first bad one."""
-    check = mem.check
-    n = 0
-    seen: set[int] = set()
-    for a, s in zip(addrs, sizes, strict=True):
-        if a in seen or not a:
-            raise BadObject(f"{what}: address {a:#x} handed out twice (or NULL)")
-        seen.add(a)
-        if not check(a, s):
-            raise BadObject(f"{what}: object {a:#x} ({s} B) was overwritten while live")
-        n += 1
-    return n
-
-
-# -- threads ---------------------------------------------------------------------------------
-
-
-class Worker(threading.Thread):
-    """A thread that keeps its target's exception (or result) for :meth:`result`."""
-
-    def __init__(self, target: Callable[..., Any], *args: Any) -> None:
-        super().__init__(daemon=True)
-        self._fn, self._args = target, args
-        self.error: BaseException | None = None
-        self.value: Any = None
-
-    def run(self) -> None:
-        try:
-            self.value = self._fn(*self._args)
-        except BaseException as e:  # re-raised by result()
-            self.error = e
-
-    def result(self) -> Any:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-def run_all(workers: list[Worker]) -> list[Any]:
-    """Start every worker, join them all, re-raise the first error."""
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return [w.result() for w in workers]
 
 
 # -- memory use ------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import os
 import pathlib
@@ -49,10 +48,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
+from realalloc.tools import workloads as drivers  # noqa: E402  (the drivers: in the package)
 from workloads import common  # noqa: E402  (after the path is set)
 
 WORKLOADS = ("larson", "mstress", "xmalloc-test", "alloc-test", "large")
-MODULES = {w: w.replace("-", "_") for w in WORKLOADS}
 MARK = "RESULT "
 SEED = 20240601
 
@@ -61,7 +60,7 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
     """Run one workload on one allocator in this process; print a RESULT line."""
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
-    mod = importlib.import_module(f"workloads.{MODULES[workload]}")
+    mod = drivers.load(workload)
     plan = mod.prepare(scale, seed)
     alloc = common.load_allocator(allocator)
     mem = common.memory()

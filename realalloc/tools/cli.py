@@ -16,6 +16,8 @@ from ..core.mheap import MHeap
 from ..core.rss import rss
 from ..core.sizeclasses import PAGE_SIZE, format_class_table
 from ..errors import RealAllocError
+from .compare import add_arguments as add_compare_arguments
+from .compare import compare_main
 from .stress import add_arguments as add_stress_arguments
 from .stress import config_from_args, stress_main
 
@@ -99,10 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Churn real allocations on many threads, verify every byte, report.",
     )
     add_stress_arguments(stress)
+    add_compare_arguments(
+        sub.add_parser(
+            "compare",
+            help="run the same workloads on every allocator design and on glibc; one table",
+            description="Run the seed's allocator designs, realalloc's Go heap and glibc "
+            "on the same workloads; print one table (--json, --png).",
+        )
+    )
     args = parser.parse_args(argv)  # checks every stress option: exit 2 before any work
     if args.command == "classes":
         print(format_class_table())
         return 0
+    if args.command == "compare":
+        return compare_main(args)
     if args.command == "stress":
         try:
             cfg = config_from_args(args)

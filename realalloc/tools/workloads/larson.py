@@ -28,7 +28,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.common import Allocator, Worker, verify
+from .common import Allocator, Worker, verify
+
+__all__ = ["Plan", "execute", "prepare"]
 
 MIN_SIZE = 10
 MAX_SIZE = 1000

@@ -27,7 +27,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.common import Allocator, Worker, run_all
+from .common import Allocator, Worker, run_all
+
+__all__ = ["Plan", "execute", "prepare"]
 
 MIN_SIZE = 8
 MAX_SIZE = 512

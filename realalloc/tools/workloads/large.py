@@ -26,7 +26,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.common import Allocator, verify
+from .common import Allocator, verify
+
+__all__ = ["Plan", "execute", "prepare"]
 
 MIN_SIZE = 64 << 10
 MAX_SIZE = 8 << 20

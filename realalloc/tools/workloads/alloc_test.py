@@ -27,7 +27,9 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.common import Allocator, Worker, run_all, verify
+from .common import Allocator, Worker, run_all, verify
+
+__all__ = ["Plan", "execute", "prepare"]
 
 
 @dataclass

@@ -37,7 +37,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from workloads.common import Allocator, Worker, run_all, verify
+from .common import Allocator, Worker, run_all, verify
+
+__all__ = ["Plan", "execute", "prepare"]
 
 SHORT, KEEP, TRANSFER = 0, 1, 2
 
