@@ -16,8 +16,8 @@ setuptools with the same extra flags as realalloc's C code (csrc/build_shim.py
 * ``capi``: a plain CPython extension whose ``malloc(size)`` is a
   METH_FASTCALL|METH_KEYWORDS function and ``free(addr)`` a METH_O one,
   converting arguments exactly as realalloc's csrc/fastpath.c does
-  (``PyLong_AsLongLongAndOverflow``, ``PyLong_FromUnsignedLongLong``,
-  ``PyLong_AsUnsignedLongLong``), without releasing the GIL.  Same calling
+  (``PyLong_AsLongLongAndOverflow``, ``PyLong_FromUnsignedLong``,
+  ``PyLong_AsUnsignedLong``), without releasing the GIL.  Same calling
   convention as ``Heap.malloc`` / ``Heap.free``: the allocator-against-allocator
   comparison.
 
@@ -230,7 +230,7 @@ static int addr_arg(const char *name, PyObject *arg, uintptr_t *out) {
         PyErr_Format(PyExc_TypeError, "%s() takes one int", name);
         return -1;
     }
-    *out = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
+    *out = (uintptr_t)PyLong_AsUnsignedLong(arg);
     return *out == (uintptr_t)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
@@ -242,7 +242,7 @@ static PyObject *py_malloc(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (size_arg("malloc", args, nargsf, kwnames, &n) < 0) return NULL;
     void *p = ALLOC;
     if (!p) return PyErr_NoMemory();
-    return PyLong_FromUnsignedLongLong((uintptr_t)p);
+    return PyLong_FromUnsignedLong((uintptr_t)p);
 }
 
 /* free(addr): METH_O, as HeapBase.free. */
@@ -272,7 +272,7 @@ static PyObject *py_nop_free(PyObject *self, PyObject *arg) {
 
 static PyObject *py_owns(PyObject *self, PyObject *arg) {
     (void)self;
-    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLongLong(arg);
+    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLong(arg);
     if (addr == (uintptr_t)-1 && PyErr_Occurred()) return NULL;
     const void *p = (const void *)addr;
     return PyBool_FromLong(OWNS);

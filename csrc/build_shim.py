@@ -22,7 +22,8 @@ from setuptools import Extension
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-CFLAGS = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+# -mpopcnt: sweeps count bits (every x86-64 CPU since 2008 has the instruction).
+CFLAGS = ["-O3", "-mpopcnt", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 
 def package_version() -> str:

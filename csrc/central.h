@@ -9,19 +9,12 @@
 
 #include "pages.h"
 
-static inline ra_span **ra_list_head(ra_central *ce, uint32_t tag) {
-    return tag == RA_LIST_PARTIAL ? &ce->partial : tag == RA_LIST_FULL ? &ce->full : &ce->empty;
-}
-
-static inline uint32_t *ra_list_count(ra_central *ce, uint32_t tag) {
-    return tag == RA_LIST_PARTIAL ? &ce->npartial : tag == RA_LIST_FULL ? &ce->nfull : &ce->nempty;
-}
-
 static inline void ra_list_remove(ra_central *ce, ra_span *s) {
     if (s->prev) s->prev->next = s->next;
-    else *ra_list_head(ce, s->list) = s->next;
+    else ce->list[s->list] = s->next;
     if (s->next) s->next->prev = s->prev;
-    (*ra_list_count(ce, s->list))--;
+    else if (s->list == RA_LIST_PARTIAL) ce->partial_tail = s->prev;
+    ce->count[s->list]--;
     s->next = s->prev = NULL;
     s->list = RA_LIST_NONE;
 }
@@ -33,13 +26,20 @@ static inline void ra_file(ra_central *ce, ra_span *s) {
     /* Frees worth a sweep: a full span's first; on the other lists only the
      * last object matters (see ra_free_slot). */
     RA_STORE(&s->sweep_at, tag == RA_LIST_FULL ? 1 : RA_NEVER);
-    ra_span **head = ra_list_head(ce, tag);
-    s->prev = NULL;
-    s->next = *head;
-    if (*head) (*head)->prev = s;
-    *head = s;
+    ra_span **head = &ce->list[tag];
+    if (tag == RA_LIST_PARTIAL) { /* at the tail: refills take the oldest */
+        s->next = NULL;
+        s->prev = ce->partial_tail;
+        *(s->prev ? &s->prev->next : head) = s;
+        ce->partial_tail = s;
+    } else {
+        s->prev = NULL;
+        s->next = *head;
+        if (*head) (*head)->prev = s;
+        *head = s;
+    }
     s->list = (uint8_t)tag;
-    (*ra_list_count(ce, tag))++;
+    ce->count[tag]++;
 }
 
 /* Sweep every span on the dirty stack and file it again. */
@@ -59,8 +59,8 @@ static inline void ra_drain(ra_central *ce, uint32_t spc) {
 
 /* Give empty spans beyond `keep` back to the page heap. */
 static inline void ra_trim(ra_heap *h, ra_central *ce, uint32_t keep) {
-    ra_span *s = ce->empty;
-    while (s && ce->nempty > keep) {
+    ra_span *s = ce->list[RA_LIST_EMPTY];
+    while (s && ce->count[RA_LIST_EMPTY] > keep) {
         ra_span *after = s->next;
         if (!__atomic_load_n(&s->in_dirty, __ATOMIC_SEQ_CST)) {
             ra_list_remove(ce, s);
@@ -89,8 +89,11 @@ static inline int ra_refill(ra_heap *h, ra_mcache *c, uint32_t spc) {
     ra_span *s = c->alloc[spc];
     if (s != h->empty_span) {
         if (RA_LOAD(&s->nfreed)) ra_sweep(s);
-        else ra_rewind(s); /* local frees below the scan point */
-        if (s->alloc_count < s->nelems) return RA_OK;
+        else ra_rewind(s); /* local frees behind the scan point */
+        if (s->alloc_count < s->nelems) {
+            s->needzero = 1; /* the free slots held objects */
+            return RA_OK;
+        }
         c->alloc[spc] = h->empty_span; /* never keep a span the cache no longer owns */
         ra_lock_take(&ce->lock);
         ra_uncache(h, ce, s);
@@ -98,7 +101,7 @@ static inline int ra_refill(ra_heap *h, ra_mcache *c, uint32_t spc) {
     }
     ra_lock_take(&ce->lock);
     if (RA_LOAD(&ce->dirty)) ra_drain(ce, spc);
-    s = ce->partial ? ce->partial : ce->empty;
+    s = ce->list[RA_LIST_PARTIAL] ? ce->list[RA_LIST_PARTIAL] : ce->list[RA_LIST_EMPTY];
     if (!s) {
         ce->nmiss++;
         ra_lock_drop(&ce->lock);

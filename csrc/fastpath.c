@@ -32,9 +32,11 @@ static __thread ra_tls_slot *tls_slots __attribute__((tls_model("initial-exec"))
 static pthread_key_t tls_key;
 
 static PyObject *err_closed, *err_reentrant, *err_freed, *err_type; /* set_errors() */
+static int tracing; /* tracemalloc traces: set by realalloc/integrations/tracing.py, and
+                       checked again at every refill (PyTraceMalloc_* cost calls otherwise) */
 static PyObject *str_scan, *str_zero;
 
-static ra_tls_slot *my_slot(const ra_heap *h) {
+static inline ra_tls_slot *my_slot(const ra_heap *h) {
     if (!tls_slots) {
         tls_slots = calloc(RA_MAX_HEAPS, sizeof *tls_slots);
         if (!tls_slots) return NULL;
@@ -53,9 +55,10 @@ typedef struct {
     ra_heap *h;               /* NULL until _attach */
     PyObject *slow[3];        /* the declared slow paths, by SLOW_* */
     int64_t active;           /* calls inside the heap, all threads */
+    int zero;                 /* malloc's default for zero= (Heap(zero=...)) */
     unsigned long stw_owner;  /* thread that stopped the world */
     int stw_depth;
-    Buffer *buffers;          /* live Buffers */
+    Py_ssize_t exports;       /* views of its Buffers exported now */
     PyObject *weakrefs;
 } HeapBase;
 
@@ -65,8 +68,7 @@ struct Buffer {
     uintptr_t addr;
     Py_ssize_t size;
     Py_ssize_t exports;       /* live views of the memory */
-    char freed;
-    Buffer *prev, *next;      /* the heap's list */
+    char freed;               /* its heap's close frees it too: see buffer_usable */
     PyObject *weakrefs;
 };
 
@@ -116,13 +118,14 @@ static void heap_leave(HeapBase *self) {
 }
 
 /* func(self, *args, **kwnames) inside the heap. */
-static PyObject *call_slow(HeapBase *self, PyObject *func, PyObject *const *args,
+static RA_COLD PyObject *call_slow(HeapBase *self, PyObject *func, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames) {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
     if (!func) return PyErr_Format(PyExc_RuntimeError, "heap is not attached");
     if (1 + nargs + nkw > 8) return PyErr_Format(err_type, "too many arguments");
     if (heap_enter(self) < 0) return NULL;
+    tracing = PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, 0) != -2; /* -2: not tracing */
     stack[0] = (PyObject *)self;
     for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[1 + i] = args[i];
     PyObject *r = PyObject_Vectorcall(func, stack, 1 + nargs, kwnames);
@@ -135,9 +138,10 @@ static PyObject *call_slow(HeapBase *self, PyObject *func, PyObject *const *args
 /* Refill the cache's span for this request (C), asking Python for spans
  * when the class has none with room; then allocate.  0 with an exception
  * set on failure. */
-static uintptr_t refill_and_malloc(HeapBase *self, ra_mcache *c, size_t size, int noscan, int zero) {
+static RA_COLD uintptr_t refill_and_malloc(HeapBase *self, ra_mcache *c, size_t size, int noscan, int zero) {
     ra_heap *h = self->h;
     uint32_t spc = ra_class_for(size, noscan);
+    tracing = PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, 0) != -2; /* -2: not tracing */
     for (int tries = 0; tries < 4; tries++) {
         if (ra_refill(h, c, spc) == RA_NEED_SPANS) {
             PyObject *arg = PyLong_FromUnsignedLong(spc);
@@ -154,10 +158,11 @@ static uintptr_t refill_and_malloc(HeapBase *self, ra_mcache *c, size_t size, in
     return 0;
 }
 
-/* The fast path of malloc; *slow = 1 when Python must do it. */
+/* The fast path of malloc: the address, or 0 with *slow = 1 when Python must
+ * do it (or *slow = 0 and an exception set). */
 static uintptr_t fast_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames, int *slow) {
-    int noscan = 1, zero = 1, overflow;
+    int noscan = 1, zero = self->zero, overflow;
     ra_heap *h = self->h;
     *slow = 1;
     if (nargs != 1 || !PyLong_CheckExact(args[0]) || !h || h->stopped) return 0;
@@ -173,12 +178,9 @@ static uintptr_t fast_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t n
     if (overflow || size < 0 || size > RA_MAX_SMALL_SIZE || !t || !t->cache) return 0;
     *slow = 0;
     uintptr_t addr = ra_malloc_small(h, t->cache, (size_t)size, noscan, zero);
-    return addr ? addr : refill_and_malloc(self, t->cache, (size_t)size, noscan, zero);
-}
-
-static PyObject *track(uintptr_t addr, Py_ssize_t size) {
-    PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, addr, (size_t)size);
-    return PyLong_FromUnsignedLongLong(addr);
+    if (!addr && !(addr = refill_and_malloc(self, t->cache, (size_t)size, noscan, zero))) return 0;
+    if (tracing) PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, addr, (size_t)size);
+    return addr;
 }
 
 /* HeapBase.malloc(size, *, scan=False, zero=True) -> int */
@@ -187,11 +189,11 @@ static PyObject *heap_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     int slow;
     uintptr_t addr = fast_malloc(self, args, nargs, kwnames, &slow);
-    if (addr) return track(addr, PyLong_AsSsize_t(args[0]));
+    if (addr) return PyLong_FromUnsignedLong(addr);
     if (!slow) return NULL;
     PyObject *r = call_slow(self, self->slow[SLOW_MALLOC], args, nargs, kwnames);
-    if (r && nargs >= 1 && PyLong_Check(args[0]))
-        PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, (uintptr_t)PyLong_AsUnsignedLongLong(r),
+    if (r && tracing) /* the slow path accepted exactly one int size */
+        PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, PyLong_AsUnsignedLong(r),
                             (size_t)PyLong_AsSsize_t(args[0]));
     return r;
 }
@@ -206,13 +208,13 @@ static int free_addr(HeapBase *self, PyObject *arg, uintptr_t addr) {
         if (!r) return -1;
         Py_DECREF(r);
     }
-    PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, addr);
+    if (tracing) PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, addr);
     return 0;
 }
 
 /* HeapBase.free(addr) -> None */
 static PyObject *heap_free(HeapBase *self, PyObject *arg) {
-    uintptr_t addr = PyLong_CheckExact(arg) ? (uintptr_t)PyLong_AsUnsignedLongLong(arg) : 0;
+    uintptr_t addr = PyLong_CheckExact(arg) ? (uintptr_t)PyLong_AsUnsignedLong(arg) : 0;
     if (addr == (uintptr_t)-1 && PyErr_Occurred()) PyErr_Clear(), addr = 0; /* Python says why */
     return free_addr(self, arg, addr) < 0 ? NULL : Py_NewRef(Py_None);
 }
@@ -228,26 +230,26 @@ static PyObject *heap_alloc(HeapBase *self, PyObject *const *args, Py_ssize_t na
     if (!addr_obj) return NULL;
     Buffer *b = PyObject_New(Buffer, &BufferType);
     if (!b) {
-        free_addr(self, addr_obj, (uintptr_t)PyLong_AsUnsignedLongLong(addr_obj));
+        free_addr(self, addr_obj, (uintptr_t)PyLong_AsUnsignedLong(addr_obj));
         Py_DECREF(addr_obj);
         return NULL;
     }
-    b->addr = (uintptr_t)PyLong_AsUnsignedLongLong(addr_obj);
+    b->addr = (uintptr_t)PyLong_AsUnsignedLong(addr_obj);
     Py_DECREF(addr_obj);
     b->size = PyLong_AsSsize_t(args[0]); /* malloc accepted it: an int in range */
     b->heap = (HeapBase *)Py_NewRef(self);
     b->exports = 0;
     b->freed = 0;
     b->weakrefs = NULL;
-    b->prev = NULL;
-    b->next = self->buffers;
-    if (self->buffers) self->buffers->prev = b;
-    self->buffers = b;
     return (PyObject *)b;
 }
 
+static int buffer_live(Buffer *self) {
+    return !self->freed && !(self->heap->h->stopped & RA_CLOSED);
+}
+
 static int buffer_usable(Buffer *self) {
-    if (!self->freed) return 1;
+    if (buffer_live(self)) return 1;
     PyErr_Format(err_freed, "Buffer of %zd bytes at %p was freed", self->size, (void *)self->addr);
     return 0;
 }
@@ -264,24 +266,19 @@ static int buffer_getbuffer(Buffer *self, Py_buffer *view, int flags) {
     if (PyBuffer_FillInfo(view, (PyObject *)self, (void *)self->addr, self->size, 0, flags) < 0)
         return -1;
     self->exports++;
+    self->heap->exports++;
     return 0;
 }
 
 static void buffer_releasebuffer(Buffer *self, Py_buffer *view) {
     self->exports--;
+    self->heap->exports--;
 }
 
 static PyBufferProcs buffer_as_buffer = {
     (getbufferproc)buffer_getbuffer,
     (releasebufferproc)buffer_releasebuffer,
 };
-
-static void buffer_unlink(Buffer *self) {
-    if (self->prev) self->prev->next = self->next;
-    else if (self->heap->buffers == self) self->heap->buffers = self->next;
-    if (self->next) self->next->prev = self->prev;
-    self->prev = self->next = NULL;
-}
 
 static PyObject *buffer_free(Buffer *self, PyObject *unused) {
     if (!buffer_usable(self)) return NULL;
@@ -294,7 +291,6 @@ static PyObject *buffer_free(Buffer *self, PyObject *unused) {
     Py_XDECREF(arg);
     if (rc < 0) return NULL;
     self->freed = 1;
-    buffer_unlink(self);
     Py_RETURN_NONE;
 }
 
@@ -319,12 +315,14 @@ static PyObject *buffer_repr(Buffer *self) {
 
 static void buffer_dealloc(Buffer *self) {
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (!self->freed) { /* garbage collected while allocated: give the memory back */
-        PyObject *arg = PyLong_FromUnsignedLongLong(self->addr);
-        if (!arg || free_addr(self->heap, arg, self->addr) < 0)
+    if (buffer_live(self)) { /* collected while allocated: give the memory back */
+        PyObject *et, *ev, *tb, *arg;
+        PyErr_Fetch(&et, &ev, &tb); /* an exception may be in flight around us */
+        if (!(arg = PyLong_FromUnsignedLongLong(self->addr)) ||
+            free_addr(self->heap, arg, self->addr) < 0)
             PyErr_WriteUnraisable((PyObject *)self->heap); /* not self: its refcount is 0 */
         Py_XDECREF(arg);
-        buffer_unlink(self);
+        PyErr_Restore(et, ev, tb);
     }
     Py_DECREF(self->heap);
     PyObject_Free(self);
@@ -356,10 +354,8 @@ static PyTypeObject BufferType = {
     .tp_name = "realalloc.Buffer",
     .tp_basicsize = sizeof(Buffer),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "One allocation as a writable buffer, made by Heap.alloc(size).\n\n"
-              "Supports memoryview, bytes(), numpy.frombuffer and ctypes from_buffer;\n"
-              "views keep it alive.  Frees its memory when garbage collected; free()\n"
-              "or the heap's close() while views exist raises BufferError.",
+    .tp_doc = "One allocation as a writable buffer (memoryview, numpy, ctypes), made by\n"
+              "Heap.alloc.  Freed when collected; free() while views exist: BufferError.",
     .tp_new = buffer_new,
     .tp_dealloc = (destructor)buffer_dealloc,
     .tp_as_buffer = &buffer_as_buffer,
@@ -410,10 +406,12 @@ static PyTypeObject GuardType = {
 
 /* ---- HeapBase ------------------------------------------------------------ */
 
-/* _attach(heap_address): bind the C heap; resolve the slow paths once. */
-static PyObject *heap_attach(HeapBase *self, PyObject *arg) {
+/* _attach(heap_address, zero): bind the C heap; resolve the slow paths once. */
+static PyObject *heap_attach(HeapBase *self, PyObject *args) {
+    PyObject *addr;
     if (self->h) return PyErr_Format(PyExc_RuntimeError, "heap is already attached");
-    ra_heap *h = (ra_heap *)PyLong_AsVoidPtr(arg);
+    if (!PyArg_ParseTuple(args, "Op", &addr, &self->zero)) return NULL;
+    ra_heap *h = (ra_heap *)PyLong_AsVoidPtr(addr);
     if (!h) return NULL;
     static const char *names[3] = {"_malloc_slow", "_free_slow", "_grow_central"}; /* SLOW_* */
     for (int i = 0; i < 3; i++)
@@ -456,28 +454,22 @@ static PyObject *heap_start_world(HeapBase *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* _close_buffers(): BufferError if a Buffer is exported, else invalidate them all. */
+/* _close_buffers(): BufferError while a Buffer is exported, else mark the heap
+ * closed (its Buffers then count as freed). */
 static PyObject *heap_close_buffers(HeapBase *self, PyObject *unused) {
-    Py_ssize_t exported = 0;
-    Buffer *first = NULL;
-    for (Buffer *b = self->buffers; b; b = b->next)
-        if (b->exports && !exported++) first = b;
-    if (exported)
-        return PyErr_Format(PyExc_BufferError,
-                            "cannot close the heap: %zd Buffer(s) still have exported views, "
-                            "e.g. the %zd bytes at %p", exported, first->size, (void *)first->addr);
-    while (self->buffers) {
-        self->buffers->freed = 1;
-        buffer_unlink(self->buffers);
-    }
+    if (self->exports)
+        return PyErr_Format(PyExc_BufferError, "cannot close the heap: %zd exported view(s) "
+                            "of its Buffers still use its memory", self->exports);
     self->h->stopped |= RA_CLOSED;
     Py_RETURN_NONE;
 }
 
-/* _inside() -> int: this thread's calls inside the heap. */
-static PyObject *heap_inside(HeapBase *self, PyObject *unused) {
+/* _set_cache(cache_address): this thread's cache for this heap. */
+static PyObject *heap_set_cache(HeapBase *self, PyObject *arg) {
     ra_tls_slot *t = self->h ? my_slot(self->h) : NULL;
-    return PyLong_FromUnsignedLongLong(t ? t->depth : 0);
+    if (!t) return PyErr_NoMemory();
+    t->cache = (ra_mcache *)PyLong_AsVoidPtr(arg);
+    return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
 }
 
 static PyObject *heap_get_guard(HeapBase *self, void *closure) {
@@ -493,11 +485,11 @@ static PyMethodDef heap_methods[] = {
     {"free", (PyCFunction)heap_free, METH_O, "free(addr)\n\nFree the object at addr."},
     {"alloc", (PyCFunction)(void (*)(void))heap_alloc, METH_FASTCALL | METH_KEYWORDS,
      "alloc(size, *, scan=False, zero=True) -> Buffer\n\nAllocate size bytes as a Buffer."},
-    {"_attach", (PyCFunction)heap_attach, METH_O, NULL},
+    {"_attach", (PyCFunction)heap_attach, METH_VARARGS, NULL},
     {"_stop_world", (PyCFunction)heap_stop_world, METH_NOARGS, NULL},
     {"_start_world", (PyCFunction)heap_start_world, METH_NOARGS, NULL},
     {"_close_buffers", (PyCFunction)heap_close_buffers, METH_NOARGS, NULL},
-    {"_inside", (PyCFunction)heap_inside, METH_NOARGS, NULL},
+    {"_set_cache", (PyCFunction)heap_set_cache, METH_O, NULL},
     {NULL},
 };
 
@@ -540,16 +532,9 @@ static PyTypeObject HeapBaseType = {
 
 /* ---- module ------------------------------------------------------------- */
 
-/* set_thread_cache(heap_address, cache_address): this thread's cache. */
-static PyObject *set_thread_cache(PyObject *mod, PyObject *args) {
-    PyObject *h_obj, *c_obj;
-    if (!PyArg_ParseTuple(args, "OO", &h_obj, &c_obj)) return NULL;
-    ra_heap *h = (ra_heap *)PyLong_AsVoidPtr(h_obj);
-    ra_mcache *c = (ra_mcache *)PyLong_AsVoidPtr(c_obj);
-    if (PyErr_Occurred()) return NULL;
-    ra_tls_slot *t = my_slot(h);
-    if (!t) return PyErr_NoMemory();
-    t->cache = c;
+/* set_tracing(flag): whether tracemalloc traces (realalloc/integrations/tracing.py). */
+static PyObject *set_tracing(PyObject *mod, PyObject *flag) {
+    tracing = PyObject_IsTrue(flag) > 0;
     Py_RETURN_NONE;
 }
 
@@ -565,8 +550,8 @@ static PyObject *set_errors(PyObject *mod, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"set_thread_cache", set_thread_cache, METH_VARARGS, NULL},
     {"set_errors", set_errors, METH_VARARGS, NULL},
+    {"set_tracing", set_tracing, METH_O, NULL},
     {NULL},
 };
 

@@ -72,7 +72,7 @@ int ra_reserve(size_t size, size_t align, uintptr_t *out, ra_os_stats *st) {
     if (base > raw) munmap(p, base - raw);
     if (raw + span > base + size) munmap((void *)(base + size), raw + span - (base + size));
     *out = base;
-    if (st) count(&st->reserved, (int64_t)size);
+    count(&st->reserved, (int64_t)size);
     return 0;
 }
 
@@ -82,7 +82,7 @@ int ra_map(size_t size, uintptr_t *out, ra_os_stats *st) {
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) return errno;
     *out = (uintptr_t)p;
-    if (st) count(&st->reserved, (int64_t)size), count(&st->ready, (int64_t)size);
+    count(&st->reserved, (int64_t)size), count(&st->ready, (int64_t)size);
     return 0;
 }
 
@@ -90,7 +90,7 @@ int ra_commit(uintptr_t addr, size_t size, ra_os_stats *st) {
     if (bad_range(addr, size)) return EINVAL;
     if (fault_fires(RA_OP_COMMIT)) return ENOMEM;
     if (mprotect((void *)addr, size, PROT_READ | PROT_WRITE)) return errno;
-    if (st) count(&st->ready, (int64_t)size);
+    count(&st->ready, (int64_t)size);
     return 0;
 }
 
@@ -98,15 +98,14 @@ int ra_release(uintptr_t addr, size_t size, ra_os_stats *st) {
     if (bad_range(addr, size)) return EINVAL;
     if (fault_fires(RA_OP_RELEASE)) return ENOMEM;
     if (madvise((void *)addr, size, MADV_DONTNEED)) return errno;
-    if (st) count(&st->released_total, (int64_t)size);
+    count(&st->released_total, (int64_t)size);
     return 0;
 }
 
 int ra_unmap(uintptr_t addr, size_t size, int ready, ra_os_stats *st) {
     if (bad_range(addr, size)) return EINVAL;
     if (munmap((void *)addr, size)) return errno;
-    if (st) count(&st->reserved, -(int64_t)size);
-    if (st && ready) count(&st->ready, -(int64_t)size);
+    count(&st->reserved, -(int64_t)size), count(&st->ready, ready ? -(int64_t)size : 0);
     return 0;
 }
 

@@ -156,11 +156,12 @@ typedef struct ra_heap_arena {
 typedef struct ra_central {
     ra_lock lock;
     uint32_t empty_max;     /* Python: empty spans kept; more go back to the page heap */
-    ra_span *partial;       /* spans with a free slot */
-    ra_span *full;          /* spans without one */
-    ra_span *empty;         /* spans with no object */
+    ra_span *list[4];       /* by RA_LIST_*: PARTIAL spans with a free slot, oldest first
+                               (a queue, as Go's spanSet: a span gathers frees while it
+                               waits); FULL ones without; EMPTY ones with no object */
+    uint32_t count[4];      /* spans on each list */
+    ra_span *partial_tail;
     ra_span *dirty;         /* [atomic] uncached spans that got frees worth a sweep */
-    uint32_t npartial, nfull, nempty, unused;
     uint64_t nrefill;       /* spans handed to caches */
     uint64_t nmiss;         /* refills that found nothing: Python was asked */
     uint64_t nreleased;     /* empty spans given back to the page heap */
@@ -220,7 +221,7 @@ const char *ra_shim_version(void);
 
 /* ---- OS (shim.c).  Addresses OS-page aligned, sizes positive multiples of
  * the OS page (else EINVAL).  Each returns 0 or an errno value and, on
- * success, updates `st` (which may be NULL). */
+ * success, updates the owner's byte counts `st`. */
 int ra_reserve(size_t size, size_t align, uintptr_t *out, ra_os_stats *st); /* None -> Reserved */
 int ra_map(size_t size, uintptr_t *out, ra_os_stats *st);   /* None -> Ready, no faults injected */
 int ra_commit(uintptr_t addr, size_t size, ra_os_stats *st); /* Reserved -> Ready */

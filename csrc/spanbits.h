@@ -29,31 +29,32 @@ static inline uint32_t ra_slot_of(const ra_span *s, uintptr_t off) {
     return (uint32_t)((off * ra_class_to_divmagic[s->spanclass >> 1]) >> 32);
 }
 
-/* Restart the next-free scan at slot 0 (after frees made room below it). */
+/* Restart the next-free scan at slot 0, after frees made room behind it. */
 static inline void ra_rewind(ra_span *s) {
     s->free_index = 0;
     s->alloc_cache = ~ra_alloc_bits(s)[0];
 }
 
-/* Next free slot at or above free_index, marked allocated, or -1 (Go:
- * nextFreeFast + nextFreeIndex).  Caller owns the span; padding bits are set. */
-static inline int64_t ra_next_free(ra_span *s) {
-    uint32_t idx = s->free_index;
-    if (idx >= s->nelems) return -1; /* full, or the empty placeholder span */
-    uint64_t cache = s->alloc_cache;
-    while (!cache) {
-        idx = (idx + 64) & ~63u;
-        if (idx >= s->nelems) {
-            s->free_index = s->nelems;
-            return -1;
-        }
-        cache = ~ra_alloc_bits(s)[idx >> 6];
+#define RA_COLD __attribute__((noinline)) /* off the common path: keep the fast path small */
+
+/* The free slots of the next word with any, moving free_index there; 0: none. */
+static RA_COLD uint64_t ra_next_word(ra_span *s) {
+    for (uint32_t next = s->free_index + 64; next < s->nelems; next += 64) {
+        s->free_index = next;
+        uint64_t cache = ~ra_alloc_bits(s)[next >> 6];
+        if (cache) return cache;
     }
-    uint32_t slot = idx + (uint32_t)__builtin_ctzll(cache);
-    uint32_t next = slot + 1;
-    s->free_index = next;
-    s->alloc_cache = (next & 63) ? cache >> (slot - idx + 1)
-                   : next < s->nelems ? ~ra_alloc_bits(s)[next >> 6] : 0;
+    return 0;
+}
+
+/* Next free slot, marked allocated, or -1 (Go: nextFreeFast + nextFreeIndex).
+ * alloc_cache holds the free slots of the word at free_index (a multiple of
+ * 64) not yet taken; padding bits are set, so no slot >= nelems is free. */
+static inline int64_t ra_next_free(ra_span *s) {
+    uint64_t cache = s->alloc_cache;
+    if (!cache && !(cache = ra_next_word(s))) return -1; /* full, or the empty span */
+    uint32_t slot = s->free_index + (uint32_t)__builtin_ctzll(cache);
+    s->alloc_cache = cache & (cache - 1);
     uint64_t *word = &ra_alloc_bits(s)[slot >> 6]; /* only the owner writes it */
     RA_SET(word, *word | 1ull << (slot & 63));
     s->alloc_count++;
@@ -80,23 +81,14 @@ static inline uint32_t ra_sweep(ra_span *s) {
     return freed;
 }
 
-/* Free slot `idx` of `s`.  `c` is the calling thread's cache or NULL.
- * Returns RA_OK, or RA_SLOW when the slot is not allocated (Python says why). */
-static inline int ra_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c) {
+/* Free slot `idx` of `s` from a thread whose cache does not hold the span:
+ * set its free bit for the next sweep.  RA_OK, or RA_SLOW (not allocated, or
+ * already pending: a double free). */
+static RA_COLD int ra_free_remote(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c) {
     uint64_t bit = 1ull << (idx & 63);
-    uint64_t *ab = &ra_alloc_bits(s)[idx >> 6], *fb = &ra_free_bits(s)[idx >> 6];
-    if (c && c->alloc[s->spanclass] == s) {
-        /* Local free: this thread's cache owns the span, so no atomics.  The
-         * slot is reusable once the cache rewinds (ra_cache_refill). */
-        if (!(*ab & bit) || (RA_LOAD(fb) & bit)) return RA_SLOW;
-        RA_SET(ab, *ab & ~bit);
-        s->alloc_count--;
-        s->needzero = 1;
-        c->nfree[s->spanclass >> 1]++;
-        return RA_OK;
-    }
-    if (!(RA_LOAD(ab) & bit) || (__atomic_fetch_or(fb, bit, __ATOMIC_ACQ_REL) & bit))
-        return RA_SLOW; /* not allocated, or already pending: a double free */
+    if (!(RA_LOAD(&ra_alloc_bits(s)[idx >> 6]) & bit) ||
+        (__atomic_fetch_or(&ra_free_bits(s)[idx >> 6], bit, __ATOMIC_ACQ_REL) & bit))
+        return RA_SLOW;
     if (c) c->nfree[s->spanclass >> 1]++;
     else __atomic_add_fetch(&h->counts.nfree[s->spanclass >> 1], 1, __ATOMIC_RELAXED);
     uint32_t pending = __atomic_add_fetch(&s->nfreed, 1, __ATOMIC_SEQ_CST);
@@ -113,6 +105,19 @@ static inline int ra_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *
         do s->next_dirty = old;
         while (!__atomic_compare_exchange_n(head, &old, s, 1, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
     }
+    return RA_OK;
+}
+
+/* Free slot `idx` of `s`; `c` is the calling thread's cache or NULL.  When
+ * that cache holds the span, plain stores (the slot is reused once the cache
+ * rewinds, ra_refill).  RA_OK or RA_SLOW (Python says why). */
+static inline int ra_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c) {
+    if (!c || c->alloc[s->spanclass] != s) return ra_free_remote(h, s, idx, c);
+    uint64_t bit = 1ull << (idx & 63), *ab = &ra_alloc_bits(s)[idx >> 6];
+    if (!(*ab & bit) || (RA_LOAD(&ra_free_bits(s)[idx >> 6]) & bit)) return RA_SLOW;
+    RA_SET(ab, *ab & ~bit);
+    s->alloc_count--; /* ra_refill sets needzero when it reuses the slot */
+    c->nfree[s->spanclass >> 1]++;
     return RA_OK;
 }
 
@@ -133,30 +138,32 @@ static inline uint32_t ra_tiny_end_bit(uint32_t st, uint32_t off) {
     return ends ? 1u << (16 + off + (uint32_t)__builtin_ctz(ends)) : 0;
 }
 
+/* Free the tiny piece at byte `inner` of block `idx` (its state word `st`):
+ * the block's slot goes when no piece is left and no cache holds it. */
+static RA_COLD int ra_free_piece(ra_heap *h, ra_span *s, uint32_t idx, uint32_t inner,
+                                 uint32_t st, ra_mcache *c) {
+    uint32_t start = 1u << inner, *word = &ra_tiny_state(s)[idx];
+    if (!(st & start)) return RA_SLOW;
+    uint32_t clear = start | ra_tiny_end_bit(st, inner);
+    uint32_t old = __atomic_fetch_and(word, ~clear, __ATOMIC_ACQ_REL);
+    if (!(old & start)) return RA_SLOW; /* lost a race with another free of it */
+    if (c) c->tiny_frees++;
+    else __atomic_add_fetch(&h->counts.tiny_frees, 1, __ATOMIC_RELAXED);
+    return old & ~clear ? RA_OK : ra_free_slot(h, s, idx, c); /* pieces left, or held */
+}
+
 /* Free the small object or tiny piece at `addr`; RA_SLOW for anything that
  * is not a live small object of `h` (Python diagnoses it). */
 static inline int ra_free_object(ra_heap *h, uintptr_t addr, ra_mcache *c) {
     ra_span *s = ra_span_at(h, addr);
-    if (!s || s->state != RA_SPAN_IN_USE || s->spanclass < 2) return RA_SLOW;
+    if (!s || s->spanclass < 2) return RA_SLOW; /* class >= 2: a live small-object span */
     uintptr_t off = addr - s->base;
     uint32_t idx = ra_slot_of(s, off);
     uint32_t inner = (uint32_t)(off - (uintptr_t)idx * s->elemsize);
     if (idx >= s->nelems || !(RA_LOAD(&ra_alloc_bits(s)[idx >> 6]) >> (idx & 63) & 1))
         return RA_SLOW;
-    if (s->spanclass == RA_TINY_SPAN_CLASS) {
-        uint32_t *word = &ra_tiny_state(s)[idx], st = RA_LOAD(word);
-        if (st) {
-            uint32_t start = 1u << inner;
-            if (!(st & start)) return RA_SLOW;
-            uint32_t clear = start | ra_tiny_end_bit(st, inner);
-            uint32_t old = __atomic_fetch_and(word, ~clear, __ATOMIC_ACQ_REL);
-            if (!(old & start)) return RA_SLOW; /* lost a race with another free of it */
-            if (c) c->tiny_frees++;
-            else __atomic_add_fetch(&h->counts.tiny_frees, 1, __ATOMIC_RELAXED);
-            if (old & ~clear) return RA_OK; /* the block still has pieces or is held */
-            return ra_free_slot(h, s, idx, c);
-        }
-    }
+    uint32_t st = s->spanclass == RA_TINY_SPAN_CLASS ? RA_LOAD(&ra_tiny_state(s)[idx]) : 0;
+    if (st) return ra_free_piece(h, s, idx, inner, st, c);
     return inner ? RA_SLOW : ra_free_slot(h, s, idx, c);
 }
 
@@ -183,50 +190,54 @@ static inline ra_span *ra_tiny_retire(ra_mcache *c, uint32_t *idx_out) {
     return left ? NULL : s;
 }
 
+/* A tiny piece (noscan, size < 16) from the cache's 16-byte block, with
+ * Go's alignment rules; a new block when it does not fit; 0 on a miss. */
+static RA_COLD uintptr_t ra_malloc_tiny(ra_heap *h, ra_mcache *c, size_t size) {
+    uintptr_t off = c->tiny_offset;
+    off = (size & 7) == 0 ? (off + 7) & ~7u : (size & 3) == 0 ? (off + 3) & ~3u
+        : (size & 1) == 0 ? (off + 1) & ~1u : off;
+    if (size == 0) size = 1; /* 8-aligned by Go's rule; one byte keeps it unique */
+    uint32_t end = (uint32_t)size - 1;
+    if (c->tiny && off + size <= RA_TINY_SIZE) {
+        ra_span *s = c->tiny_span;
+        end += (uint32_t)off;
+        uint32_t bits = (1u << off) | (end < 15 ? 1u << (16 + end) : 0);
+        __atomic_or_fetch(&ra_tiny_state(s)[ra_slot_of(s, c->tiny - s->base)], bits,
+                          __ATOMIC_ACQ_REL);
+        c->tiny_offset = off + size;
+        c->tiny_allocs++;
+        c->tiny_pieces++;
+        return c->tiny + off;
+    }
+    /* A new block, always zeroed so that every piece of it reads as zero. */
+    ra_span *s = c->alloc[RA_TINY_SPAN_CLASS];
+    int64_t slot = ra_next_free(s);
+    if (slot < 0) return 0;
+    uintptr_t block = s->base + (uintptr_t)slot * RA_TINY_SIZE;
+    if (s->needzero) memset((void *)block, 0, RA_TINY_SIZE);
+    c->nmalloc[RA_TINY_SPAN_CLASS >> 1]++; /* Go counts this piece as the block's malloc */
+    c->tiny_pieces++;
+    uint32_t bits = 1u | (end < 15 ? 1u << (16 + end) : 0);
+    /* Go's rule: keep whichever block has more room left. */
+    if (!c->tiny || size < c->tiny_offset) {
+        uint32_t freed_idx;
+        ra_span *dead = ra_tiny_retire(c, &freed_idx);
+        RA_STORE(&ra_tiny_state(s)[slot], RA_TINY_HELD | bits);
+        c->tiny = block;
+        c->tiny_span = s;
+        c->tiny_offset = size;
+        if (dead) ra_free_slot(h, dead, freed_idx, c);
+    } else {
+        RA_STORE(&ra_tiny_state(s)[slot], bits);
+    }
+    return block;
+}
+
 /* `size` (<= RA_MAX_SMALL_SIZE) bytes from the cache: a tiny piece for noscan
  * sizes below 16 (Go's alignment rules), else one slot; 0 on a miss. */
 static inline uintptr_t ra_malloc_small(ra_heap *h, ra_mcache *c, size_t size, int noscan,
                                         int zero) {
-    if (noscan && size < RA_TINY_SIZE) {
-        uintptr_t off = c->tiny_offset;
-        off = (size & 7) == 0 ? (off + 7) & ~7u : (size & 3) == 0 ? (off + 3) & ~3u
-            : (size & 1) == 0 ? (off + 1) & ~1u : off;
-        if (size == 0) size = 1; /* 8-aligned by Go's rule; one byte keeps it unique */
-        uint32_t end = (uint32_t)size - 1;
-        if (c->tiny && off + size <= RA_TINY_SIZE) {
-            ra_span *s = c->tiny_span;
-            end += (uint32_t)off;
-            uint32_t bits = (1u << off) | (end < 15 ? 1u << (16 + end) : 0);
-            __atomic_or_fetch(&ra_tiny_state(s)[ra_slot_of(s, c->tiny - s->base)], bits,
-                              __ATOMIC_ACQ_REL);
-            c->tiny_offset = off + size;
-            c->tiny_allocs++;
-            c->tiny_pieces++;
-            return c->tiny + off;
-        }
-        /* A new block, always zeroed so that every piece of it reads as zero. */
-        ra_span *s = c->alloc[RA_TINY_SPAN_CLASS];
-        int64_t slot = ra_next_free(s);
-        if (slot < 0) return 0;
-        uintptr_t block = s->base + (uintptr_t)slot * RA_TINY_SIZE;
-        if (s->needzero) memset((void *)block, 0, RA_TINY_SIZE);
-        c->nmalloc[RA_TINY_SPAN_CLASS >> 1]++; /* Go counts this piece as the block's malloc */
-        c->tiny_pieces++;
-        uint32_t bits = 1u | (end < 15 ? 1u << (16 + end) : 0);
-        /* Go's rule: keep whichever block has more room left. */
-        if (!c->tiny || size < c->tiny_offset) {
-            uint32_t freed_idx;
-            ra_span *dead = ra_tiny_retire(c, &freed_idx);
-            RA_STORE(&ra_tiny_state(s)[slot], RA_TINY_HELD | bits);
-            c->tiny = block;
-            c->tiny_span = s;
-            c->tiny_offset = size;
-            if (dead) ra_free_slot(h, dead, freed_idx, c);
-        } else {
-            RA_STORE(&ra_tiny_state(s)[slot], bits);
-        }
-        return block;
-    }
+    if (noscan && size < RA_TINY_SIZE) return ra_malloc_tiny(h, c, size);
     uint32_t spc = ra_class_for(size, noscan);
     ra_span *s = c->alloc[spc];
     int64_t slot = ra_next_free(s);

@@ -126,6 +126,7 @@ from .errors import (
     ReentrancyError,
     ShimError,
 )
+from .integrations.tracing import TRACEMALLOC_DOMAIN
 
 _DEFAULT_METHODS = ("malloc", "free", "alloc", "realloc", "usable_size")
 _default_lock = threading.Lock()
@@ -159,6 +160,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MAX_HEAPS",
+    "TRACEMALLOC_DOMAIN",
     "ArgumentTypeError",
     "Buffer",
     "BufferFreedError",

@@ -9,6 +9,8 @@ from realalloc.core.osmem import OSMem, ffi, lib, resident_bytes
 from realalloc.core.sizeclasses import ARENA_BYTES
 from realalloc.errors import InvalidArgumentError, ShimError
 
+STATS = ffi.new("ra_os_stats *")  # byte counts of the raw shim calls below
+
 
 def test_shim_version_matches_package():
     import realalloc
@@ -41,9 +43,9 @@ def test_reserve_is_aligned_and_commit_makes_memory_usable():
 @pytest.mark.parametrize(
     ("call", "args"),
     [
-        (lib.ra_commit, (4096 + 1, 4096, ffi.NULL)),
-        (lib.ra_release, (4096, 0, ffi.NULL)),
-        (lib.ra_unmap, (4096, 100, 1, ffi.NULL)),
+        (lib.ra_commit, (4096 + 1, 4096, STATS)),
+        (lib.ra_release, (4096, 0, STATS)),
+        (lib.ra_unmap, (4096, 100, 1, STATS)),
     ],
 )
 def test_shim_rejects_unaligned_ranges(call, args):
@@ -61,13 +63,13 @@ def _attempt(op: str, base: int) -> int:
     """One raw shim call of ``op`` on 1 MiB; returns its errno (0: success)."""
     if op == "reserve":
         out = ffi.new("uintptr_t *")
-        rc = lib.ra_reserve(1 << 20, 4096, out, ffi.NULL)
+        rc = lib.ra_reserve(1 << 20, 4096, out, STATS)
         if rc == 0:
-            lib.ra_unmap(out[0], 1 << 20, 0, ffi.NULL)
+            lib.ra_unmap(out[0], 1 << 20, 0, STATS)
         return rc
     if op == "commit":
-        return lib.ra_commit(base, 1 << 20, ffi.NULL)
-    return lib.ra_release(base, 1 << 20, ffi.NULL)
+        return lib.ra_commit(base, 1 << 20, STATS)
+    return lib.ra_release(base, 1 << 20, STATS)
 
 
 @pytest.mark.parametrize("op", ["reserve", "commit", "release"])

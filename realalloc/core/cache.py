@@ -6,7 +6,7 @@ Each thread that allocates from a heap gets an ``MCache``: a ``ra_mcache``
 struct in C memory holding one span per span class and the current tiny
 block.  The C fast path allocates from it with no lock, and refills it from
 the central lists in C (csrc/central.h); Python only makes it, registers it
-as the thread's (``_fast.set_thread_cache``), and lets it go:
+as the thread's (``Heap._set_cache``), and lets it go:
 
 * ``release()`` (Heap.scavenge) hands every span back, the cache stays usable;
 * when the thread ends its ``threading.local`` entry dies and ``__del__``

@@ -98,7 +98,7 @@ class CentralPolicy:
             ce = self._h.central[spc]
             for name, tag in _LISTS:
                 n = 0
-                s = getattr(ce, name)
+                s = ce.list[tag]
                 while s:
                     n += 1
                     sid = int(s.id)
@@ -121,10 +121,10 @@ class CentralPolicy:
                             f"{int(s.alloc_count)}/{int(s.nelems)} slots allocated"
                         )
                     s = s.next
-                if n != getattr(ce, "n" + name):
+                if n != ce.count[tag]:
                     raise HeapCorruption(
                         f"CENTRAL-3: {name}[{spc}] holds {n} spans, its count says "
-                        f"{int(getattr(ce, 'n' + name))}"
+                        f"{int(ce.count[tag])}"
                     )
                 listed += n
             s = ce.dirty

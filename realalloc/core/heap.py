@@ -112,9 +112,10 @@ def _address(addr: object, op: str) -> int:
 
 
 def _malloc_arguments(
-    args: tuple[object, ...], kwargs: dict[str, object]
+    args: tuple[object, ...], kwargs: dict[str, object], zero: bool
 ) -> tuple[int, bool, bool]:
-    """(size, scan, zero) of a malloc call, or the error that says what is wrong."""
+    """(size, scan, zero) of a malloc call (``zero``: the heap's default), or
+    the error that says what is wrong."""
     if len(args) != 1 or not set(kwargs) <= {"scan", "zero"}:
         raise ArgumentTypeError(
             "malloc() takes the size (positional) and the keywords scan= and zero=, "
@@ -122,8 +123,8 @@ def _malloc_arguments(
         )
     size = require_int("size", args[0])
     flags = []
-    for name in ("scan", "zero"):
-        flag = kwargs.get(name, name == "zero")
+    for name, default in (("scan", False), ("zero", zero)):
+        flag = kwargs.get(name, default)
         if not isinstance(flag, bool):
             raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
         flags.append(flag)
@@ -136,13 +137,18 @@ class Heap(_fast.HeapBase):
     ``malloc(size, *, scan=False, zero=True) -> int``, ``free(addr)`` and
     ``alloc(size, ...) -> Buffer`` are the fast path (C).  ``with Heap() as
     heap:`` closes it on exit; ``close()`` unmaps everything.
+
+    ``zero`` is the default of malloc's ``zero=``: ``Heap(zero=False)``
+    hands out memory as C's malloc does (not cleared), ``Heap()`` as calloc.
+    ``background_scavenger`` runs the thread that gives free pages back to
+    the OS (realalloc/core/scavenger.py).
     """
 
-    def __init__(self, *, background_scavenger: bool = True) -> None:
-        if not isinstance(background_scavenger, bool):
-            raise ArgumentTypeError(
-                f"background_scavenger must be a bool, not {type(background_scavenger).__name__}"
-            )
+    def __init__(self, *, zero: bool = True, background_scavenger: bool = True) -> None:
+        for name, flag in (("zero", zero), ("background_scavenger", background_scavenger)):
+            if not isinstance(flag, bool):
+                raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
+        self._zero = zero
         with _slots_lock:
             if not _free_slots:
                 raise OutOfMemoryError(
@@ -167,7 +173,7 @@ class Heap(_fast.HeapBase):
         self._scavenger = BackgroundScavenger(self) if background_scavenger else None
         if self._scavenger is not None:
             self.mheap.on_grow = self._scavenger.start
-        self._attach(int(ffi.cast("uintptr_t", self.c)))
+        self._attach(int(ffi.cast("uintptr_t", self.c)), zero)
         register_heap(self)
 
     @property
@@ -190,7 +196,7 @@ class Heap(_fast.HeapBase):
 
     def _malloc_slow(self, *args: object, **kwargs: object) -> int:
         """malloc when the fast path could not: see the module docstring."""
-        size, scan, zero = _malloc_arguments(args, kwargs)
+        size, scan, zero = _malloc_arguments(args, kwargs, self._zero)
         noscan = not scan
         if size > MAX_SMALL_SIZE:
             npages = -(-size // PAGE_SIZE)
@@ -404,7 +410,7 @@ class Heap(_fast.HeapBase):
             self._local.cache = cache
             self._caches.add(cache)
         # Every time: an interruption before this line leaves the C side unset.
-        _fast.set_thread_cache(int(ffi.cast("uintptr_t", self.c)), cache.address)
+        self._set_cache(cache.address)
         return cache
 
     def _cache_metadata(self) -> int:

@@ -37,6 +37,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from ..errors import HeapClosedError, ReentrancyError
 from .arena import ARENAS
 
 if TYPE_CHECKING:
@@ -70,9 +71,10 @@ def register_mheap(mheap: MHeap) -> None:
 def _before_fork() -> None:
     _registry_lock.acquire()
     for heap in list(_heaps):
-        if heap.closed or heap._inside():
+        try:
+            heap._stop_world()
+        except (HeapClosedError, ReentrancyError):
             continue  # nothing to protect, or cannot: see the module docstring
-        heap._stop_world()
         _stopped.append(heap)
     for mheap in list(_mheaps):
         if not mheap.lock.held():

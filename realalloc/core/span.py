@@ -21,8 +21,9 @@ Object slots of an IN_USE span (see csrc/spanbits.h for the kernels)::
 
     slot:        0   1   2   3   4   5   6   7 ...  nelems-1 | padding to 64
     alloc bits:  1   1   0   1   0   0   0   0 ...           | 1 1 1
-                     ^ free_index = 2: the next-free scan resumes here
-    alloc_cache: free slots from free_index on, as bits (a subset of ~alloc bits)
+    free_index:  0, the first slot of the word the next-free scan is in
+    alloc_cache: free slots of that word not taken since it was loaded
+                 (a subset of ~alloc bits); taking one clears its lowest bit
     free bits:   slots freed by threads whose cache does not hold the span,
                  cleared from the alloc bits by the next sweep
 
@@ -30,8 +31,8 @@ Invariants (checked by ``check_span``):
   SPAN-1: base is page aligned; npages >= 1; state != FREE for a live record.
   SPAN-2: elemsize * nelems <= npages * PAGE_SIZE; the class's divmagic divides
           exactly.
-  SPAN-3: free_index <= nelems; padding bits of the alloc bits are set;
-          alloc_cache claims no allocated slot free.
+  SPAN-3: free_index is a multiple of 64 below max(nelems, 1); padding bits
+          of the alloc bits are set; alloc_cache claims no allocated slot free.
   SPAN-4: nfreed == popcount(free bits); free bits only on allocated slots.
   SPAN-5: alloc_count == popcount(alloc bits over the slots).
   SPAN-6: tiny state words are nonzero only on allocated slots of the tiny
@@ -200,13 +201,10 @@ def check_span(c: Any) -> None:
     nwords, alloc, freed = span_bits(c)
     pad = ((1 << (nwords * 64)) - 1) ^ ((1 << nelems) - 1)
     fi = int(c.free_index)
-    if fi > nelems or alloc & pad != pad:
+    if fi % 64 or fi >= max(nelems, 1) or alloc & pad != pad:
         raise HeapCorruption(f"SPAN-3: span {sid}: free_index {fi}, padding bits unset")
-    if fi < nelems:
-        rest = 64 - fi % 64
-        free_here = (~alloc >> fi) & ((1 << rest) - 1)
-        if int(c.alloc_cache) & ((1 << rest) - 1) & ~free_here:
-            raise HeapCorruption(f"SPAN-3: span {sid}: alloc_cache offers an allocated slot")
+    if int(c.alloc_cache) & (alloc >> fi):
+        raise HeapCorruption(f"SPAN-3: span {sid}: alloc_cache offers an allocated slot")
     if freed & ~alloc or int(c.nfreed) != freed.bit_count():
         raise HeapCorruption(f"SPAN-4: span {sid}: free bits {freed:#x}, nfreed {int(c.nfreed)}")
     count = (alloc & ~pad).bit_count()

@@ -165,7 +165,8 @@ def collect(mheap: MHeap) -> MemStats:
     # such a span to the page heap at once, so they count as idle, not in use.
     central = mheap.h.central
     empty = sum(
-        int(central[spc].nempty) * CLASS_TO_NPAGES[spc >> 1] for spc in range(2, NUM_SPAN_CLASSES)
+        int(central[spc].count[lib.RA_LIST_EMPTY]) * CLASS_TO_NPAGES[spc >> 1]
+        for spc in range(2, NUM_SPAN_CLASSES)
     )
     inuse = (int(counts.inuse_pages) - empty) * PAGE_SIZE
     manual = int(counts.manual_pages) * PAGE_SIZE
