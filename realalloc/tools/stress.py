@@ -84,6 +84,7 @@ __all__ = [
     "run_stress",
     "stress_main",
     "writable_path",
+    "writable_path_for",
     "write_json",
 ]
 
@@ -751,25 +752,35 @@ def _replay_file(path: str) -> ReplayFile:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def writable_path_for(what: str) -> Callable[[str], str]:
+    """An argparse type for the path of an output file: the path, once it is
+    known that it can be written, else a usage error saying it cannot write
+    ``what`` there.  Opening it is the only check that holds for every reason
+    it could not be (no such directory, a directory, permissions, a read-only
+    file system); a file this created is removed again, so a refused command
+    line leaves nothing behind."""
+
+    def check(path: str) -> str:
+        existed = os.path.lexists(path)
+        try:
+            # O_NONBLOCK: a FIFO without a reader fails here instead of hanging
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(
+                f"cannot write {what} to {path}: {exc.strerror}"
+            ) from None
+        os.close(fd)
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return path
+
+    return check
+
+
 def writable_path(path: str) -> str:
-    """An argparse type for a report path (``--json``): the path, once it is
-    known that it can be written.  Opening it is the only check that holds for
-    every reason it could not be (no such directory, a directory, permissions,
-    a read-only file system); a file this created is removed again, so a
-    refused command line leaves nothing behind."""
-    existed = os.path.lexists(path)
-    try:
-        # O_NONBLOCK: a FIFO without a reader fails here instead of hanging
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(
-            f"cannot write the JSON report to {path}: {exc.strerror}"
-        ) from None
-    os.close(fd)
-    if not existed:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return path
+    """The argparse type of ``--json``: ``writable_path_for("the JSON report")``."""
+    return writable_path_for("the JSON report")(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
