@@ -136,5 +136,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             stress.error(str(exc))  # exits 2 with the stress usage
         # Only the checks above are usage errors: whatever happens in the run is
         # told by stress_main's exit code (or, for a bug, a traceback).
-        return stress_main(cfg, json_path=args.json)
+        return stress_main(cfg, json_path=args.json, plot_path=args.plot)
     return tour()
