@@ -31,7 +31,8 @@ the report says whether any byte was wrong and where.
 Samples: the monitor also keeps a time series (``Sample``: seconds, ops/s,
 live bytes, bytes in use, RSS), one every half second, one when the workers
 start and one when they have finished; past 2000 samples it keeps every
-other one and samples half as often, so a day-long run keeps a few thousand.
+other one and samples half as often, so however long the run, it keeps
+between 1000 and 2000.
 They go into the JSON report (``samples``) and, with ``--plot FILE``, into a
 PNG of 1000 x 600 pixels (``PLOT_SIZE``): ops/s above, live bytes, bytes in
 use and RSS in MiB below, over seconds since the start.
@@ -486,7 +487,8 @@ def _memory(heap: Heap | DesignHeap) -> tuple[int, int] | None:
 
 class _Sampler:
     """The monitor's time series: a sample every ``every`` seconds, thinned
-    (every other one kept, the interval doubled) when _MAX_SAMPLES is reached."""
+    (every other one kept, the first and the newest always, the interval
+    doubled) when _MAX_SAMPLES is reached."""
 
     def __init__(self, started: float) -> None:
         self.started = started
@@ -494,16 +496,24 @@ class _Sampler:
         self.due = started
         self.samples: list[Sample] = []
 
-    def add(self, now: float, ops: int, memory: tuple[int, int], now_rss: int) -> None:
+    def add(
+        self, now: float, ops: int, memory: tuple[int, int], now_rss: int, *, final: bool = False
+    ) -> None:
+        """Record a sample; ``final``: the one after the run, which replaces a
+        sample taken less than half an interval before it (a rate over a few
+        milliseconds, which the count's last few steps land in, is noise)."""
         seconds = now - self.started
+        if final and len(self.samples) > 1 and seconds - self.samples[-1].seconds < self.every / 2:
+            self.samples.pop()
         rate = 0.0
         if self.samples:
             last = self.samples[-1]
             rate = (ops - last.ops) / max(seconds - last.seconds, 1e-9)
         self.samples.append(Sample(seconds, ops, rate, memory[0], memory[1], now_rss))
         if len(self.samples) >= _MAX_SAMPLES:
-            # Rates stay what they were measured over; later ones span the longer interval.
-            self.samples = self.samples[::2]
+            # Every other one, the first and the newest kept.  Rates stay what
+            # they were measured over; later ones span the longer interval.
+            self.samples = [*self.samples[:-1:2], self.samples[-1]]
             self.every *= 2
         self.due = max(self.due + self.every, now)
 
@@ -811,7 +821,7 @@ def _run(cfg: StressConfig, heap: Heap | DesignHeap, stream: TextIO | None) -> S
     if last is not None:  # every object freed: the memory after the run
         now_rss = rss()
         report.peak_rss = max(report.peak_rss, now_rss)
-        run.sampler.add(time.monotonic(), run.totals.ops, last, now_rss)
+        run.sampler.add(time.monotonic(), run.totals.ops, last, now_rss, final=True)
     report.samples = run.sampler.samples
     report.faults_injected = {op: fault_hits(op) - hits_before[op] for op in _FAULT_OPS}
     if isinstance(heap, Heap):
