@@ -12,6 +12,7 @@ away from anything touched (a transparent huge page covers 2 MiB).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import re
 import subprocess
@@ -465,3 +466,22 @@ def test_map_unwritable_png_from_a_real_process_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "cannot write the map to" in proc.stderr
+
+
+def test_map_png_that_cannot_be_written_after_all_exits_3(tmp_path, capsys):
+    """The path was writable when checked and is a directory by the time the map is
+    drawn: exit 3, said on stderr, nothing on stdout."""
+    args = argparse.Namespace(png=str(tmp_path), arenas=1)
+    assert heapmap.map_main(args) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"realalloc map: cannot write {tmp_path}: " in captured.err
+
+
+def test_map_help_gives_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["map", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert heapmap.MAP_EXIT_CODES in out
+    assert re.findall(r"^  (\d)  ", heapmap.MAP_EXIT_CODES, re.MULTILINE) == ["0", "2", "3"]

@@ -953,3 +953,12 @@ def test_run_stress_refuses_a_heap_of_another_design():
 def test_design_names_are_go_then_the_seeds_designs():
     assert ("go", *DESIGNS) == stress.DESIGN_NAMES
     assert set(stress.DESIGN_NAMES) == {"go", "tcmalloc", "segregated", "freelist"}
+
+
+def test_a_plot_that_cannot_be_written_after_the_run_exits_3(tmp_path, capsys):
+    """Checked writable before the run, a directory by the time it is drawn."""
+    cfg = stress.StressConfig(threads=2, ops=100, live=10, progress=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert stress.stress_main(cfg, plot_path=str(tmp_path), out=out, err=err) == 3
+    assert out.getvalue().startswith("realalloc stress: OK")  # the run itself was fine
+    assert err.getvalue().startswith("realalloc stress: cannot write the plot: ")

@@ -53,7 +53,8 @@ matplotlib is optional (the extra ``realalloc[plot]``): ``page_map`` does
 without it; ``draw_map`` raises ImportError naming the extra when it is
 missing (``require_matplotlib``).  An ImportError, not InvalidArgumentError:
 nothing the caller passed is wrong, a package is missing.  The ``map``
-subcommand turns it into a usage error (exit 2) before building a heap.
+subcommand turns it into a usage error (exit 2) before building a heap, as
+it does a ``--png`` path that cannot be written (``MAP_EXIT_CODES``).
 
 Locking: ``page_map`` runs inside the heap (``with heap._guard``), so a
 concurrent ``close`` waits for it and the arenas stay mapped.  It does not
@@ -70,7 +71,8 @@ import math
 import mmap
 import os
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from .. import Heap
@@ -93,6 +95,7 @@ __all__ = [
     "FRAME",
     "GRID_COLUMNS",
     "GRID_ROWS",
+    "MAP_EXIT_CODES",
     "ArenaMap",
     "MapLayout",
     "PageKind",
@@ -203,6 +206,12 @@ class ArenaMap:
     spans included; 0 for every other page."""
     resident: bytes
     """Per page: 1 when either half is resident in RAM (mincore), else 0."""
+    _tally: Counter[tuple[int, int]] = field(init=False, repr=False, compare=False)
+    """Pages by (kind, resident), counted once: legends and summaries ask often."""
+
+    def __post_init__(self) -> None:
+        tally = Counter(zip(self.kinds, self.resident, strict=True))
+        object.__setattr__(self, "_tally", tally)  # frozen: set once, here
 
     def kind(self, page: int) -> PageKind:
         return PageKind(self.kinds[page])
@@ -210,9 +219,8 @@ class ArenaMap:
     def count(self, kind: PageKind, *, resident: bool | None = None) -> int:
         """Pages of ``kind``; only the resident (or not resident) ones if given."""
         if resident is None:
-            return self.kinds.count(kind)
-        pairs = zip(self.kinds, self.resident, strict=True)
-        return sum(1 for k, r in pairs if k == kind and r == resident)
+            return self._tally[kind, 0] + self._tally[kind, 1]
+        return self._tally[kind, int(resident)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,8 +617,21 @@ def _arena_count(text: str) -> int:
     return n
 
 
+MAP_EXIT_CODES: Final = """\
+exit codes:
+  0  the map was drawn
+  2  bad usage: a --png path that cannot be written, no matplotlib,
+     --arenas out of range; no heap was built
+  3  could not run: the heap could not be built, or the PNG could not
+     be written after all"""
+"""The exit-code table of ``realalloc map --help``."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the ``map`` subcommand, each checked as it is parsed (exit 2)."""
+    """Options of the ``map`` subcommand, each checked as it is parsed (exit 2),
+    and the exit codes in its help."""
+    parser.epilog = MAP_EXIT_CODES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--png",
         metavar="FILE",
