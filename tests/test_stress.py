@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 import realalloc
-from realalloc.tools import stress
+from realalloc.designs import DESIGNS, make
+from realalloc.tools import cli, stress
 from realalloc.tools.cli import main
 
 MIB = 1 << 20
@@ -759,3 +760,205 @@ def test_help_gives_the_exit_codes_as_the_module_docstring_does(capsys):
     # the docstring repeats the table word for word
     table = " ".join(stress.EXIT_CODES.split()[2:])  # without "exit codes:"
     assert table in " ".join((stress.__doc__ or "").split())
+
+
+# --- samples and --plot ----------------------------------------------------------------
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG as matplotlib decodes it (so it must decode)."""
+    image = pytest.importorskip("matplotlib.image").imread(str(path))
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    return image.shape[1], image.shape[0]
+
+
+def check_samples(d: dict, *, threads: int, ops: int | None) -> None:
+    """The time series of a JSON report: from the start to after the workers, in order."""
+    samples = d["samples"]
+    assert len(samples) >= 2
+    first, last = samples[0], samples[-1]
+    assert (first["seconds"], first["ops"], first["ops_per_second"]) == (0, 0, 0)
+    assert first["rss"] == d["baseline_rss"]
+    for a, b in pairwise(samples):
+        assert a["seconds"] < b["seconds"] and a["ops"] <= b["ops"]
+        assert b["ops_per_second"] == pytest.approx(
+            (b["ops"] - a["ops"]) / (b["seconds"] - a["seconds"])
+        )
+    assert all(0 < s["rss"] <= d["peak_rss"] for s in samples)
+    assert all(0 <= s["live"] <= s["inuse"] for s in samples)
+    assert last["seconds"] >= d["seconds"] * 0.99
+    assert last["live"] == 0  # the workers freed every object before the last sample
+    if ops is not None:
+        assert last["ops"] == threads * ops  # the workers' count, complete at the end
+
+
+def test_plot_draws_the_samples_the_json_report_holds(tmp_path, capsys):
+    js, png = tmp_path / "r.json", tmp_path / "run.png"
+    rc, out, _ = run_main(
+        capsys,
+        *("--threads", "2", "--duration", "1.2", "--live", "200", "--quiet"),
+        *("--json", str(js), "--plot", str(png)),
+    )
+    assert rc == 0, out
+    d = json.loads(js.read_text())
+    check_report(d, threads=2, distribution="uniform", ops=None)
+    check_samples(d, threads=2, ops=None)
+    # one every half second from 0, and one when the workers are done (which
+    # replaces the one before when that came less than a quarter second earlier)
+    assert len(d["samples"]) == pytest.approx(d["seconds"] / 0.5 + 1, abs=1)
+    assert max(s["live"] for s in d["samples"]) > 0  # sampled while objects lived
+    assert png_size(png) == stress.PLOT_SIZE == (1000, 600)
+
+
+def test_the_samples_of_a_run_of_fixed_operations_count_every_one(tmp_path, capsys):
+    js = tmp_path / "r.json"
+    rc, _, _ = run_main(capsys, "--threads", "3", "--ops", "1003", "--live", "50", "--quiet",
+                        "--json", str(js))  # fmt: skip
+    assert rc == 0
+    d = json.loads(js.read_text())
+    check_samples(d, threads=3, ops=1003)
+
+
+def test_samples_are_thinned_past_the_limit_and_keep_their_rates():
+    """A day-long run keeps a few thousand samples: at 2000 every other one goes
+    and the interval doubles; the rates kept are the ones measured."""
+    sampler = stress._Sampler(started=100.0)
+    t = 100.0
+    for _ in range(5000):  # thinned at 2000, then each time 999 more came
+        sampler.add(t, ops=round((t - 100.0) * 1000), memory=(1, 2), now_rss=3)
+        last, t = t, t + sampler.every
+    assert stress._MAX_SAMPLES // 2 < len(sampler.samples) < stress._MAX_SAMPLES
+    assert sampler.every == 16 * stress._SAMPLE_EVERY  # four thinnings
+    seconds = [s.seconds for s in sampler.samples]
+    assert seconds == sorted(seconds)
+    assert (seconds[0], seconds[-1]) == (0, last - 100.0)  # the first and the newest stay
+    assert all(s.ops_per_second == pytest.approx(1000) for s in sampler.samples[1:])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--plot", "{tmp}/no/run.png"], "argument --plot: cannot write the plot to .*No such"),
+        (["--plot", "{tmp}"], "argument --plot: cannot write the plot to .*Is a directory"),
+        (["--design", "jemalloc"], "argument --design: invalid choice: 'jemalloc'"),
+        (["--design", "tcmalloc", "--memory-limit", "64M"],
+         r"memory_limit \(--memory-limit\) needs the go design: tcmalloc has none"),
+    ],
+)  # fmt: skip
+def test_bad_plot_or_design_exits_2_before_anything_runs(
+    tmp_path, capsys, monkeypatch, args, message
+):
+    def tripwire(*args: object, **kwargs: object) -> int:
+        raise AssertionError("the run started although the options were bad")
+
+    monkeypatch.setattr(cli, "stress_main", tripwire)
+    with pytest.raises(SystemExit) as e:
+        main(["stress", "--duration", "60", *(a.replace("{tmp}", str(tmp_path)) for a in args)])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.search(rf"realalloc stress: error: {message}", captured.err), captured.err
+    assert sorted(os.listdir(tmp_path)) == []  # no file left behind
+
+
+def test_plot_without_matplotlib_exits_2_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    monkeypatch.setattr(cli, "stress_main", lambda *a, **k: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as e:
+        main(["stress", "--duration", "60", "--plot", str(tmp_path / "run.png")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --plot: drawing needs matplotlib: pip install 'realalloc[plot]'" in err
+    assert not (tmp_path / "run.png").exists()
+
+
+def test_unwritable_plot_from_a_real_process_exits_2(tmp_path):
+    proc = run_cli("--duration", "60", "--plot", str(tmp_path / "no" / "run.png"), timeout=30)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "realalloc stress: error: argument --plot: cannot write the plot to" in proc.stderr
+
+
+# --- --design ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("design", ["go", "tcmalloc", "segregated", "freelist"])
+def test_each_design_runs_the_same_verified_stress_clean(tmp_path, capsys, design):
+    js, png = tmp_path / "r.json", tmp_path / "run.png"
+    rc, out, _ = run_main(
+        capsys,
+        *("--design", design, "--threads", "3", "--ops", "500", "--live", "40"),
+        *("--cross-free", "0.5", "--verify-rate", "0.2", "--quiet"),
+        *("--json", str(js), "--plot", str(png)),
+    )
+    assert rc == 0, out
+    d = json.loads(js.read_text())
+    assert d["design"] == d["config"]["design"] == design
+    assert f"  design {design}, threads 3, distribution uniform, seed 1" in out.splitlines()
+    assert (d["ok"], d["check"], d["corruptions"], d["errors"]) == (True, "ok", [], [])
+    assert d["mallocs"] == d["frees"] > 0
+    assert 0 < d["cross_thread_frees"] <= d["frees"]
+    assert d["verifies"] >= d["frees"]
+    tried = d["mallocs"] + d["failed_mallocs"]
+    assert tried <= 3 * 500 <= tried + d["frees"]
+    check_samples(d, threads=3, ops=500)
+    assert png_size(png) == stress.PLOT_SIZE
+    if design == "go":
+        check_report(d, threads=3, distribution="uniform", ops=500)
+        check_text_matches_json(out, d)
+    else:
+        assert d["scavenged"] is None and d["by_class"] == []
+        assert f"scavenged               - (the {design} design has no scavenger)" in out
+
+
+def test_a_design_finds_a_corrupted_object_as_go_does():
+    """The verify path on a design's heap: a pattern with one byte flipped, handed
+    to a worker, is reported, and the worker still frees the object."""
+    design = make("segregated")
+    try:
+        size, seq = 300, 777
+        addr = design.malloc(size)
+        ctypes.memmove(addr, stress._pattern(addr, seq, size), size)
+        ctypes.memset(addr + 5, ctypes.string_at(addr + 5, 1)[0] ^ 0x40, 1)
+        cfg = stress.StressConfig(threads=1, ops=1, live=1, progress=False, design="segregated")
+        report = stress.StressReport(config={"threads": 1, "distribution": "uniform", "seed": 1})
+        run = stress._Run(design, cfg, report, CLASS_SIZES, time.monotonic() + 10)
+        run.handoff.put((addr, size, seq, "w2"))
+        stress._worker(run, 0)
+        assert [(c.address, c.offset, c.when, c.thread) for c in report.corruptions] == [
+            (addr, 5, "free", "w2")
+        ]
+        with pytest.raises(realalloc.DoubleFreeError):  # the worker freed it
+            design.free(addr)
+        assert design.stats().objects_live == 0
+        design.check()
+    finally:
+        design.close()
+
+
+def test_run_stress_refuses_a_heap_of_another_design():
+    cfg = stress.StressConfig(threads=1, ops=10, progress=False, design="tcmalloc")
+    with realalloc.Heap() as heap, pytest.raises(realalloc.InvalidArgumentError, match="go design"):
+        stress.run_stress(cfg, heap=heap)
+    with make("freelist") as design:
+        report = stress.run_stress(
+            stress.StressConfig(threads=2, ops=200, live=20, progress=False, design="freelist"),
+            heap=design,
+        )
+        assert report.ok and report.design == "freelist"
+        assert not design.closed  # a caller's heap stays open
+        assert design.stats().objects_live == 0
+
+
+def test_design_names_are_go_then_the_seeds_designs():
+    assert ("go", *DESIGNS) == stress.DESIGN_NAMES
+    assert set(stress.DESIGN_NAMES) == {"go", "tcmalloc", "segregated", "freelist"}
+
+
+def test_a_plot_that_cannot_be_written_after_the_run_exits_3(tmp_path, capsys):
+    """Checked writable before the run, a directory by the time it is drawn."""
+    cfg = stress.StressConfig(threads=2, ops=100, live=10, progress=False)
+    out, err = io.StringIO(), io.StringIO()
+    assert stress.stress_main(cfg, plot_path=str(tmp_path), out=out, err=err) == 3
+    assert out.getvalue().startswith("realalloc stress: OK")  # the run itself was fine
+    assert err.getvalue().startswith("realalloc stress: cannot write the plot: ")

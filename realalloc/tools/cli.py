@@ -1,9 +1,10 @@
-"""Command line: ``python -m realalloc {stress,tour,classes}``.
+"""Command line: ``python -m realalloc {stress,tour,classes,compare,map}``.
 
 See realalloc/__init__.py for an overview of the allocator.  ``main`` parses
 the command line and returns the exit code; bad usage is argparse's exit 2.
 The ``stress`` subcommand, its options and its exit codes belong to
-realalloc/tools/stress.py.
+realalloc/tools/stress.py; ``map`` (a picture of a demonstration heap's
+pages) to realalloc/tools/heapmap.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from ..core.sizeclasses import PAGE_SIZE, format_class_table
 from ..errors import RealAllocError
 from .compare import add_arguments as add_compare_arguments
 from .compare import compare_main
+from .heapmap import add_arguments as add_map_arguments
+from .heapmap import map_main
 from .stress import add_arguments as add_stress_arguments
 from .stress import config_from_args, stress_main
 
@@ -109,12 +112,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             "on the same workloads; print one table (--json, --png).",
         )
     )
+    add_map_arguments(
+        sub.add_parser(
+            "map",
+            help="draw every page of a demonstration heap, by state and residency, as a PNG",
+            description="Build a small demonstration heap (tiny, small, large, manual, "
+            "freed and released pages) and draw each of its 8 KiB pages, coloured by "
+            "state, darker when resident in RAM.",
+        )
+    )
     args = parser.parse_args(argv)  # checks every stress option: exit 2 before any work
     if args.command == "classes":
         print(format_class_table())
         return 0
     if args.command == "compare":
         return compare_main(args)
+    if args.command == "map":
+        return map_main(args)
     if args.command == "stress":
         try:
             cfg = config_from_args(args)
@@ -122,5 +136,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             stress.error(str(exc))  # exits 2 with the stress usage
         # Only the checks above are usage errors: whatever happens in the run is
         # told by stress_main's exit code (or, for a bug, a traceback).
-        return stress_main(cfg, json_path=args.json)
+        return stress_main(cfg, json_path=args.json, plot_path=args.plot)
     return tour()

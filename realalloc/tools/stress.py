@@ -1,12 +1,23 @@
 """Stress runs: many threads churning real allocations, every byte verified.
 
 See realalloc/__init__.py for an overview of the allocator.  This module is
-not part of the allocator; it drives one ``Heap`` the way a hostile user
-would and reports what happened (``python -m realalloc stress``).  It owns
-the ``stress`` subcommand: its options and their checks, the run, the
-progress output, the report and the exit code.  It uses only the public API
-of ``realalloc`` (``Heap``, ``inject_faults``, ``fault_hits``, ``rss``), so
+not part of the allocator; it drives one heap the way a hostile user would
+and reports what happened (``python -m realalloc stress``).  It owns the
+``stress`` subcommand: its options and their checks, the run, the progress
+output, the samples and their plot, the report and the exit code.  It uses
+only the public API of ``realalloc`` (``Heap``, ``inject_faults``,
+``fault_hits``, ``rss``, ``roundupsize``) and of ``realalloc.designs``, so
 it keeps working whatever the allocator's internals become.
+
+The heap (``--design``): ``go``, realalloc's own ``Heap`` (the default), or
+one of the seed's designs (realalloc/designs: ``tcmalloc``, ``segregated``,
+``freelist``), with the same workers, patterns, hand-offs and final
+``check()``.  A design has no scan flag, no zeroing choice, no memory limit,
+no scavenger and no per-class counters, so for a design: objects are
+allocated by size alone (``--scan-ratio`` is ignored), ``--memory-limit`` is
+a usage error, the report's ``scavenged`` is None and ``by_class`` empty.
+The sizes drawn are the same for every design (Go's size classes for the
+uniform distribution).
 
 Each worker thread keeps a live set of objects.  Every object is filled with
 a pattern derived from its address and a sequence number when it is
@@ -17,10 +28,21 @@ monitor thread samples RSS for the peak and writes progress.  At the end
 the workers free everything, the heap scavenges, ``heap.check()`` runs, and
 the report says whether any byte was wrong and where.
 
+Samples: the monitor also keeps a time series (``Sample``: seconds, ops/s,
+live bytes, bytes in use, RSS), one every half second, one when the workers
+start and one when they have finished; past 2000 samples it keeps every
+other one and samples half as often, so however long the run, it keeps
+between 1000 and 2000.
+They go into the JSON report (``samples``) and, with ``--plot FILE``, into a
+PNG of 1000 x 600 pixels (``PLOT_SIZE``): ops/s above, live bytes, bytes in
+use and RSS in MiB below, over seconds since the start.
+
 Checking before running: every option is checked while the command line is
 parsed (numbers in range, the replay file read and parsed, the ``--json``
-path opened for writing, ``--distribution`` not given with ``--replay``), so
-a bad option is an argparse usage error, exit 2, before any heap exists.
+and ``--plot`` paths opened for writing, matplotlib importable for
+``--plot``, the ``--design`` known, ``--distribution`` not given with
+``--replay``, ``--memory-limit`` only with the go design), so a bad option
+is an argparse usage error, exit 2, before any heap exists.
 
 Progress goes to stderr.  On a terminal it is one line rewritten with a
 carriage return twice a second; anywhere else (a pipe, a CI log) it is an
@@ -35,17 +57,20 @@ Exit codes (the same table is in ``--help``)::
        raised, or a worker raised an unexpected exception
     2  bad usage: an option out of range or malformed, --distribution
        with --replay, an unreadable or malformed replay file, a --json
-       path that cannot be written; nothing was run
+       or --plot path that cannot be written, --plot without matplotlib,
+       an unknown --design, --memory-limit with a design other than go;
+       nothing was run
     3  could not run: no malloc succeeded (e.g. --fault-every 1 or a
        tiny --memory-limit), the heap could not be created, or the JSON
-       report could not be written after the run
+       report or the plot could not be written after the run
     1 wins over 3.  Some but not all mallocs failing with MemoryError is
     not a failure: refusing memory cleanly is correct behaviour under
     injected faults or a memory limit; the failures are counted in the
     report and the run is judged on what did succeed.
 
 Locking: workers share only the hand-off queue (thread-safe) and the
-counters in ``_Totals`` (under its lock, merged once per worker).
+counters in ``_Totals`` (under its lock, merged once per worker).  The
+samples are the monitor thread's alone until it has been joined.
 """
 
 from __future__ import annotations
@@ -66,24 +91,30 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, NamedTuple, TextIO
 
-from .. import Heap, fault_hits, inject_faults, rss
+from .. import Heap, fault_hits, inject_faults, roundupsize, rss
+from ..designs import DESIGNS, DesignHeap, make
 from ..errors import InvalidArgumentError, OutOfMemoryError, RealAllocError, require_int
 
 __all__ = [
+    "DESIGN_NAMES",
     "DISTRIBUTIONS",
     "EXIT_CODES",
     "EXIT_FAILED",
     "EXIT_NOT_RUN",
     "EXIT_OK",
     "EXIT_USAGE",
+    "PLOT_SIZE",
+    "Sample",
     "StressConfig",
     "StressReport",
     "add_arguments",
     "config_from_args",
     "load_replay",
+    "plot_report",
     "run_stress",
     "stress_main",
     "writable_path",
+    "writable_path_for",
     "write_json",
 ]
 
@@ -99,10 +130,12 @@ exit codes:
      raised, or a worker raised an unexpected exception
   2  bad usage: an option out of range or malformed, --distribution
      with --replay, an unreadable or malformed replay file, a --json
-     path that cannot be written; nothing was run
+     or --plot path that cannot be written, --plot without matplotlib,
+     an unknown --design, --memory-limit with a design other than go;
+     nothing was run
   3  could not run: no malloc succeeded (e.g. --fault-every 1 or a
      tiny --memory-limit), the heap could not be created, or the JSON
-     report could not be written after the run
+     report or the plot could not be written after the run
   1 wins over 3.  Some but not all mallocs failing with MemoryError is
   not a failure: refusing memory cleanly is correct behaviour under
   injected faults or a memory limit; the failures are counted in the
@@ -110,6 +143,14 @@ exit codes:
 """The exit-code table of ``--help`` (the module docstring repeats it)."""
 
 DISTRIBUTIONS: Final = ("uniform", "lognormal", "large", "replay")
+DESIGN_NAMES: Final = ("go", *DESIGNS)
+"""``--design``: go (realalloc.Heap), then the seed's designs (realalloc.designs.DESIGNS)."""
+PLOT_SIZE: Final = (1000, 600)
+"""Width and height in pixels of the ``--plot`` PNG."""
+_SAMPLE_EVERY: Final = 0.5
+"""Seconds between samples, until there are _MAX_SAMPLES of them."""
+_MAX_SAMPLES: Final = 2000
+_GO_MAX_SMALL: Final = 32 << 10  # Go's maxSmallSize: its largest size class
 _MIX: Final = 0x9E3779B97F4A7C15
 _FAULT_OPS: Final = ("reserve", "commit", "release")
 _C_INT_MAX: Final = (1 << 63) - 1  # inject_faults and the memory limit take an int64
@@ -186,6 +227,8 @@ class StressConfig:
     """Write progress to the stream given to ``run_stress``."""
     progress_every: float = 5.0
     """Seconds between plain progress lines when that stream is not a terminal."""
+    design: str = "go"
+    """The heap: go (realalloc.Heap) or one of realalloc.designs (see DESIGN_NAMES)."""
 
     def check(self) -> None:
         """Raise InvalidArgumentError (or ArgumentTypeError) for a bad option."""
@@ -197,6 +240,14 @@ class StressConfig:
             )
         if self.distribution == "replay" and not self.sizes:
             raise InvalidArgumentError("the replay distribution needs a file of sizes")
+        if self.design not in DESIGN_NAMES:
+            raise InvalidArgumentError(
+                f"design must be one of {', '.join(DESIGN_NAMES)}, got {self.design!r}"
+            )
+        if self.memory_limit is not None and self.design != "go":
+            raise InvalidArgumentError(
+                f"memory_limit (--memory-limit) needs the go design: {self.design} has none"
+            )
 
 
 @dataclass(slots=True)
@@ -213,11 +264,36 @@ class Corruption:
     thread: str
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of the monitor thread."""
+
+    seconds: float
+    """Since the workers were started."""
+    ops: int
+    """Operations so far as the workers count them (mallocs tried and frees
+    done, what ``--ops`` limits; not the frees of what is left live at the
+    end): each worker adds 16 at a time while it runs and the rest when it
+    stops: while they run the count lags by less than 16 per worker."""
+    ops_per_second: float
+    """Over the interval that ended with this sample (0 in the first)."""
+    live: int
+    """Bytes of the live objects: Go's heap_alloc (class sizes); a design's
+    bytes_allocated (usable sizes)."""
+    inuse: int
+    """Bytes held for objects: Go's heap_inuse (in-use spans); a design's
+    bytes_held (page runs it holds)."""
+    rss: int
+    """The process's resident set, bytes."""
+
+
 @dataclass(slots=True)
 class StressReport:
     """What a stress run did and found."""
 
     config: dict[str, Any]
+    design: str = "go"
+    """The heap that ran: go (realalloc.Heap) or a design of realalloc.designs."""
     seconds: float = 0.0
     mallocs: int = 0
     """Mallocs that succeeded."""
@@ -234,13 +310,17 @@ class StressReport:
     """RSS after every object was freed, the heap scavenged and checked."""
     baseline_rss: int = 0
     """RSS with the heap created, before the workers started."""
-    scavenged: int = 0
-    """Bytes released to the OS during the run and by the final scavenge."""
+    scavenged: int | None = 0
+    """Bytes released to the OS during the run and by the final scavenge;
+    None for a design (it has no scavenger)."""
     by_class: list[dict[str, int]] = field(default_factory=list)
+    """Go's per-class counters, classes with mallocs only; empty for a design."""
     check: str = "not run"
     corruptions: list[Corruption] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     """Unexpected exceptions in workers."""
+    samples: list[Sample] = field(default_factory=list)
+    """The monitor's time series (see the module docstring)."""
 
     @property
     def failed(self) -> bool:
@@ -281,8 +361,8 @@ class StressReport:
         mib = 1 << 20
         lines = [
             f"realalloc stress: {self.status}",
-            f"  threads {self.config['threads']}, distribution {self.config['distribution']}, "
-            f"seed {self.config['seed']}",
+            f"  design {self.design}, threads {self.config['threads']}, "
+            f"distribution {self.config['distribution']}, seed {self.config['seed']}",
             f"  operations   {self.mallocs + self.frees:>12,} in {self.seconds:.1f} s "
             f"({self.ops_per_second:,.0f} ops/s)",
             f"  mallocs      {self.mallocs:>12,}   frees {self.frees:,} "
@@ -293,7 +373,11 @@ class StressReport:
             f"  faults       {self.faults_injected}",
             f"  RSS          baseline {self.baseline_rss / mib:.1f} MiB, peak "
             f"{self.peak_rss / mib:.1f} MiB, final {self.final_rss / mib:.1f} MiB",
-            f"  scavenged    {self.scavenged / mib:>12,.1f} MiB",
+            (
+                f"  scavenged    {self.scavenged / mib:>12,.1f} MiB"
+                if self.scavenged is not None
+                else f"  scavenged    {'-':>12} (the {self.design} design has no scavenger)"
+            ),
             f"  heap.check() {self.check}",
             f"  corruptions  {len(self.corruptions)}",
         ]
@@ -380,21 +464,77 @@ class _Totals:
         self.report_counts = [0] * 6  # mallocs frees cross verifies bytes failed
 
 
+def _design_of(heap: Heap | DesignHeap) -> str:
+    return "go" if isinstance(heap, Heap) else heap.name
+
+
+def _open_heap(design: str) -> Heap | DesignHeap:
+    """A new heap of ``design`` (a name of DESIGN_NAMES)."""
+    return Heap() if design == "go" else make(design)
+
+
+def _memory(heap: Heap | DesignHeap) -> tuple[int, int] | None:
+    """(live, inuse) bytes as Sample defines them; None if the heap was closed."""
+    try:
+        if isinstance(heap, Heap):
+            st = heap.stats()
+            return st.heap_alloc, st.heap_inuse
+        ds = heap.stats()
+        return ds.bytes_allocated, ds.bytes_held
+    except RealAllocError:  # a caller's heap closed under us
+        return None
+
+
+class _Sampler:
+    """The monitor's time series: a sample every ``every`` seconds, thinned
+    (every other one kept, the first and the newest always, the interval
+    doubled) when _MAX_SAMPLES is reached."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.every = _SAMPLE_EVERY
+        self.due = started
+        self.samples: list[Sample] = []
+
+    def add(
+        self, now: float, ops: int, memory: tuple[int, int], now_rss: int, *, final: bool = False
+    ) -> None:
+        """Record a sample; ``final``: the one after the run, which replaces a
+        sample taken less than half an interval before it (a rate over a few
+        milliseconds, which the count's last few steps land in, is noise)."""
+        seconds = now - self.started
+        if final and len(self.samples) > 1 and seconds - self.samples[-1].seconds < self.every / 2:
+            self.samples.pop()
+        rate = 0.0
+        if self.samples:
+            last = self.samples[-1]
+            rate = (ops - last.ops) / max(seconds - last.seconds, 1e-9)
+        self.samples.append(Sample(seconds, ops, rate, memory[0], memory[1], now_rss))
+        if len(self.samples) >= _MAX_SAMPLES:
+            # Every other one, the first and the newest kept.  Rates stay what
+            # they were measured over; later ones span the longer interval.
+            self.samples = [*self.samples[:-1:2], self.samples[-1]]
+            self.every *= 2
+        self.due = max(self.due + self.every, now)
+
+
 @dataclass(slots=True)
 class _Run:
     """What the workers of one run share."""
 
-    heap: Heap
+    heap: Heap | DesignHeap
     cfg: StressConfig
     report: StressReport
     class_sizes: tuple[int, ...]
-    """Go's size classes, class 0 (size 0) first, from the heap's stats."""
+    """Go's size classes, class 0 (size 0) first."""
     deadline: float
     handoff: queue.SimpleQueue[tuple[int, int, int, str]] = field(default_factory=queue.SimpleQueue)
     """(addr, size, seq, owner) of objects one worker passed for another to free."""
     totals: _Totals = field(default_factory=_Totals)
     abort: threading.Event = field(default_factory=threading.Event)
     """Set when the main thread is interrupted: the workers stop early."""
+    sampler: _Sampler = field(default_factory=lambda: _Sampler(time.monotonic()))
+    """The monitor's samples, timed from when the workers start."""
 
 
 def _inspect(addr: int, size: int, seq: int, when: str, thread: str) -> Corruption | None:
@@ -414,7 +554,9 @@ def _worker(run: _Run, index: int) -> None:
     replay = cfg.sizes
     live: list[tuple[int, int, int]] = []  # (addr, size, seq)
     counts = [0] * 6
-    malloc, free = run.heap.malloc, run.heap.free
+    go = isinstance(run.heap, Heap)  # a design takes the size alone
+    malloc: Callable[..., int] = run.heap.malloc
+    free = run.heap.free
     seq = index << 40
     ops = 0  # mallocs tried and frees done, what cfg.ops limits
     steps = 0  # loop turns, hand-offs included: when to look at the clock
@@ -463,7 +605,7 @@ def _worker(run: _Run, index: int) -> None:
                 size, scan = next_size(), rng.random() < cfg.scan_ratio
             seq += 1
             try:
-                addr = malloc(size, scan=scan, zero=False)
+                addr = malloc(size, scan=scan, zero=False) if go else malloc(size)
             except OutOfMemoryError:
                 counts[5] += 1
             else:
@@ -475,11 +617,12 @@ def _worker(run: _Run, index: int) -> None:
                     addr, size, s = live[rng.randrange(len(live))]
                     verify(addr, size, s, "verify")
         ops += 1
-        if ops & 255 == 0:
-            totals.ops += 256
+        if ops & 15 == 0:  # often enough for the rate of a slow run's samples
+            totals.ops += 16
     for item in live:
         release(item, "final")
     with totals.lock:
+        totals.ops += ops & 15  # the rest of the running count
         totals.report_counts = [a + b for a, b in zip(totals.report_counts, counts, strict=True)]
         run.report.corruptions.extend(corruptions)
 
@@ -507,26 +650,27 @@ class _Progress:
         self.wrote = False
         self.dead = False
 
-    def update(self, now: float, ops: int, heap: Heap, now_rss: int) -> None:
-        if self.dead or now < self.due:
+    def is_due(self, now: float) -> bool:
+        return not self.dead and now >= self.due
+
+    def update(self, now: float, ops: int, memory: tuple[int, int], now_rss: int) -> None:
+        """Show ``memory`` (live, inuse bytes) and the rest if it is time to."""
+        if not self.is_due(now):
             return
         self.due += self.every
         if self.due <= now:  # far behind (a starved monitor): resume the rhythm, no burst
             self.due = now + self.every
         rate = (ops - self.last_ops) / max(now - self.last_t, 1e-9)
         self.last_ops, self.last_t = ops, now
-        try:
-            st = heap.stats()
-        except RealAllocError:  # a caller's heap closed under us: nothing to show
-            return
+        live, inuse = memory
         cfg = self.cfg
         if cfg.ops is None:
             done = min(1.0, (now - self.started) / cfg.duration)
         else:
             done = min(1.0, ops / (cfg.ops * cfg.threads))
         figures = (
-            f"{rate:>10,.0f} ops/s  live {st.heap_alloc >> 20:>6} MiB"
-            f"  inuse {st.heap_inuse >> 20:>6} MiB  RSS {now_rss >> 20:>6} MiB"
+            f"{rate:>10,.0f} ops/s  live {live >> 20:>6} MiB"
+            f"  inuse {inuse >> 20:>6} MiB  RSS {now_rss >> 20:>6} MiB"
         )
         if self.tty:
             text = f"\r[{'#' * int(done * 20):<20}] {done:4.0%} {figures} "
@@ -548,29 +692,49 @@ class _Progress:
 
 
 def _monitor(run: _Run, stop: threading.Event, progress: _Progress | None) -> None:
+    sampler = run.sampler
     tick = _TTY_INTERVAL if progress is None else min(_TTY_INTERVAL, progress.every)
     while not stop.wait(tick):
         now_rss = rss()
         run.report.peak_rss = max(run.report.peak_rss, now_rss)
-        if progress is not None:
-            progress.update(time.monotonic(), run.totals.ops, run.heap, now_rss)
+        now = time.monotonic()
+        show = progress is not None and progress.is_due(now)
+        if not (show or now >= sampler.due):
+            continue
+        memory = _memory(run.heap)  # one reading for the sample and the line
+        if memory is None:  # a caller's heap closed under us: nothing to show
+            continue
+        ops = run.totals.ops
+        if now >= sampler.due:
+            sampler.add(now, ops, memory, now_rss)
+        if show:
+            assert progress is not None
+            progress.update(now, ops, memory, now_rss)
     if progress is not None:
         progress.finish()
 
 
 def run_stress(
-    cfg: StressConfig, *, progress: TextIO | None = None, heap: Heap | None = None
+    cfg: StressConfig,
+    *,
+    progress: TextIO | None = None,
+    heap: Heap | DesignHeap | None = None,
 ) -> StressReport:
     """Run one stress test; never raises for what it finds (see the report).
 
     ``progress``: where progress goes when ``cfg.progress`` (see _Progress).
-    ``heap``: run on this heap and leave it open (its memory limit is set if
-    ``cfg.memory_limit`` is); by default a new heap, closed at the end.
+    ``heap``: run on this heap, of ``cfg.design``, and leave it open (its
+    memory limit is set if ``cfg.memory_limit`` is); by default a new heap of
+    ``cfg.design``, closed at the end.
     """
     cfg.check()
+    if heap is not None and _design_of(heap) != cfg.design:
+        raise InvalidArgumentError(
+            f"the heap is of the {_design_of(heap)} design, the configuration says {cfg.design}"
+        )
     own = heap is None
     if heap is None:
-        heap = Heap()
+        heap = _open_heap(cfg.design)
     try:
         return _run(cfg, heap, progress if cfg.progress else None)
     finally:
@@ -578,16 +742,25 @@ def run_stress(
             heap.close()
 
 
-def _run(cfg: StressConfig, heap: Heap, stream: TextIO | None) -> StressReport:
-    report = StressReport(config={k: v for k, v in asdict(cfg).items() if k != "sizes"})
+def _run(cfg: StressConfig, heap: Heap | DesignHeap, stream: TextIO | None) -> StressReport:
+    report = StressReport(
+        config={k: v for k, v in asdict(cfg).items() if k != "sizes"}, design=cfg.design
+    )
     report.baseline_rss = report.peak_rss = rss()
-    if cfg.memory_limit is not None:
-        heap.set_memory_limit(cfg.memory_limit)
-    st = heap.stats()
-    released_before = st.released_total
+    if isinstance(heap, Heap):
+        if cfg.memory_limit is not None:
+            heap.set_memory_limit(cfg.memory_limit)
+        st = heap.stats()
+        released_before = st.released_total
+        class_sizes = tuple(c.size for c in st.by_size)
+    else:  # the same sizes as for Go, from the public rounding
+        class_sizes = (0, *sorted({roundupsize(n) for n in range(1, _GO_MAX_SMALL + 1)}))
     hits_before = {op: fault_hits(op) for op in _FAULT_OPS}
     started = time.monotonic()
-    run = _Run(heap, cfg, report, tuple(c.size for c in st.by_size), started + cfg.duration)
+    run = _Run(heap, cfg, report, class_sizes, started + cfg.duration, sampler=_Sampler(started))
+    first = _memory(heap)
+    if first is not None:
+        run.sampler.add(started, 0, first, report.baseline_rss)
     errors: list[str] = []
 
     def guarded(i: int) -> None:
@@ -644,18 +817,27 @@ def _run(cfg: StressConfig, heap: Heap, stream: TextIO | None) -> StressReport:
         report.failed_mallocs,
     ) = run.totals.report_counts
     report.errors = errors
+    last = _memory(heap)
+    if last is not None:  # every object freed: the memory after the run
+        now_rss = rss()
+        report.peak_rss = max(report.peak_rss, now_rss)
+        run.sampler.add(time.monotonic(), run.totals.ops, last, now_rss, final=True)
+    report.samples = run.sampler.samples
     report.faults_injected = {op: fault_hits(op) - hits_before[op] for op in _FAULT_OPS}
-    try:
-        heap.scavenge()
-    except OutOfMemoryError as exc:  # the OS refused a release after the run
-        report.errors.append(f"final scavenge: {exc}")
-    st = heap.stats()
-    report.scavenged = st.released_total - released_before
-    report.by_class = [
-        {"class": i, "size": c.size, "mallocs": c.mallocs, "frees": c.frees}
-        for i, c in enumerate(st.by_size)
-        if c.mallocs
-    ]
+    if isinstance(heap, Heap):
+        try:
+            heap.scavenge()
+        except OutOfMemoryError as exc:  # the OS refused a release after the run
+            report.errors.append(f"final scavenge: {exc}")
+        st = heap.stats()
+        report.scavenged = st.released_total - released_before
+        report.by_class = [
+            {"class": i, "size": c.size, "mallocs": c.mallocs, "frees": c.frees}
+            for i, c in enumerate(st.by_size)
+            if c.mallocs
+        ]
+    else:
+        report.scavenged = None
     try:
         heap.check()
         report.check = "ok"
@@ -671,10 +853,60 @@ def write_json(report: StressReport, path: str) -> None:
         f.write("\n")
 
 
+def plot_report(report: StressReport, path: str) -> None:
+    """Draw the report's samples into the PNG ``path``, PLOT_SIZE pixels: ops/s
+    above; live bytes, bytes in use and RSS in MiB below; seconds across.
+    ImportError (naming realalloc[plot]) without matplotlib; OSError when the
+    file cannot be written."""
+    from .heapmap import require_matplotlib
+
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    width, height = PLOT_SIZE
+    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    rate_ax, mem_ax = fig.subplots(2, 1, sharex=True)
+    samples = report.samples
+    t = [x.seconds for x in samples]
+    style: dict[str, Any] = {"marker": "o", "markersize": 3} if len(samples) <= 40 else {}
+    # The first sample has no rate (nothing before it): leave it out of the line.
+    rate_ax.plot(t[1:], [x.ops_per_second for x in samples[1:]], color="#1f77b4", **style)
+    rate_ax.set_ylabel("ops/s")
+    rate_ax.grid(alpha=0.3)
+    rate_ax.set_ylim(bottom=0)
+    live_label, inuse_label = (
+        ("live objects (heap_alloc)", "in-use spans (heap_inuse)")
+        if report.design == "go"
+        else ("live objects (bytes_allocated)", "held page runs (bytes_held)")
+    )
+    for label, values, colour in (
+        (live_label, [x.live for x in samples], "#2ca02c"),
+        (inuse_label, [x.inuse for x in samples], "#ff7f0e"),
+        ("RSS (process)", [x.rss for x in samples], "#d62728"),
+    ):
+        mem_ax.plot(t, [v / (1 << 20) for v in values], label=label, color=colour, **style)
+    mem_ax.set_ylabel("MiB")
+    mem_ax.set_xlabel("seconds since the workers started")
+    mem_ax.set_ylim(bottom=0)
+    mem_ax.grid(alpha=0.3)
+    mem_ax.legend(loc="best", fontsize=8)
+    cfg = report.config
+    fig.suptitle(
+        f"realalloc stress: {report.status}; design {report.design}, {cfg['threads']} threads, "
+        f"{cfg['distribution']}, seed {cfg['seed']}; {report.ops_per_second:,.0f} ops/s overall",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
+
+
 def stress_main(
     cfg: StressConfig,
     *,
     json_path: str | None = None,
+    plot_path: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -683,7 +915,7 @@ def stress_main(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        heap = Heap()
+        heap = _open_heap(cfg.design)
     except OutOfMemoryError as exc:  # e.g. too many heaps open in this process
         print(f"realalloc stress: could not run: cannot create a heap: {exc}", file=err)
         return EXIT_NOT_RUN
@@ -698,6 +930,13 @@ def stress_main(
             write_json(report, json_path)
         except OSError as exc:  # checked writable before the run; something changed since
             print(f"realalloc stress: cannot write the JSON report: {exc}", file=err)
+            if code == EXIT_OK:
+                code = EXIT_NOT_RUN
+    if plot_path is not None:
+        try:
+            plot_report(report, plot_path)
+        except (OSError, ImportError) as exc:  # checked before the run; changed since
+            print(f"realalloc stress: cannot write the plot: {exc}", file=err)
             if code == EXIT_OK:
                 code = EXIT_NOT_RUN
     return code
@@ -751,25 +990,46 @@ def _replay_file(path: str) -> ReplayFile:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def writable_path_for(what: str) -> Callable[[str], str]:
+    """An argparse type for the path of an output file: the path, once it is
+    known that it can be written, else a usage error saying it cannot write
+    ``what`` there.  Opening it is the only check that holds for every reason
+    it could not be (no such directory, a directory, permissions, a read-only
+    file system); a file this created is removed again, so a refused command
+    line leaves nothing behind."""
+
+    def check(path: str) -> str:
+        existed = os.path.lexists(path)
+        try:
+            # O_NONBLOCK: a FIFO without a reader fails here instead of hanging
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(
+                f"cannot write {what} to {path}: {exc.strerror}"
+            ) from None
+        os.close(fd)
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return path
+
+    return check
+
+
 def writable_path(path: str) -> str:
-    """An argparse type for a report path (``--json``): the path, once it is
-    known that it can be written.  Opening it is the only check that holds for
-    every reason it could not be (no such directory, a directory, permissions,
-    a read-only file system); a file this created is removed again, so a
-    refused command line leaves nothing behind."""
-    existed = os.path.lexists(path)
+    """The argparse type of ``--json``: ``writable_path_for("the JSON report")``."""
+    return writable_path_for("the JSON report")(path)
+
+
+def _plot_path(path: str) -> str:
+    """An argparse type for ``--plot``: matplotlib is there and the path can be written."""
+    from .heapmap import require_matplotlib  # heapmap imports this module
+
     try:
-        # O_NONBLOCK: a FIFO without a reader fails here instead of hanging
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o666)
-    except OSError as exc:
-        raise argparse.ArgumentTypeError(
-            f"cannot write the JSON report to {path}: {exc.strerror}"
-        ) from None
-    os.close(fd)
-    if not existed:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    return path
+        require_matplotlib()
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return writable_path_for("the plot")(path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -852,6 +1112,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=writable_path,
         help="also write the report as JSON (checked writable before the run)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE",
+        type=_plot_path,
+        help=f"also draw ops/s, live bytes, bytes in use and RSS over the run as a PNG of "
+        f"{PLOT_SIZE[0]} x {PLOT_SIZE[1]} pixels (needs realalloc[plot]; checked before the run)",
+    )
+    parser.add_argument(
+        "--design",
+        choices=DESIGN_NAMES,
+        default="go",
+        help="the heap: go (realalloc.Heap, the default) or one of the seed's designs; "
+        "a design ignores --scan-ratio and takes no --memory-limit",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
         "--progress-every",
@@ -864,8 +1138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> StressConfig:
     """The run's configuration from options ``add_arguments`` parsed (and so
-    checked).  Raises InvalidArgumentError only if they disagree with
-    ``StressConfig.check``, which would be a bug here."""
+    checked).  Raises InvalidArgumentError for what only the options together
+    can tell (--memory-limit with a design other than go); the command line
+    turns it into a usage error."""
     replay: ReplayFile | None = args.replay
     cfg = StressConfig(
         threads=args.threads,
@@ -882,6 +1157,7 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
         memory_limit=args.memory_limit,
         progress=not args.quiet,
         progress_every=args.progress_every,
+        design=args.design,
     )
     cfg.check()
     return cfg
