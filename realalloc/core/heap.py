@@ -42,6 +42,7 @@ heap (``with self._guard``); the page heap takes ``MHeap.lock``.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import threading
 import weakref
@@ -341,6 +342,16 @@ class Heap(_fast.HeapBase):
             require_int("nbytes", nbytes)
         with self._guard:
             self.mheap.memory_limit = nbytes
+
+    def map_png(self, path: str | os.PathLike[str]) -> None:
+        """Draw every page of this heap, coloured by state, OS residency marked,
+        into the PNG ``path`` (needs matplotlib: ``realalloc[plot]``).  See
+        realalloc/tools/heapmap.py."""
+        # The picture is a tool on top of the allocator: imported when drawn,
+        # so the allocator never depends on it (or on matplotlib).
+        from ..tools.heapmap import map_png
+
+        map_png(self, path)
 
     def metadata_bytes(self) -> int:
         """C memory held for allocator metadata (arenas, spans, bitmaps, caches)."""
