@@ -34,7 +34,7 @@ def package_version() -> str:
     return match.group(1)
 
 
-HEADERS = ("sizeclasses.h", "shim.h", "spanbits.h", "pages.h", "central.h")
+HEADERS = ("sizeclasses.h", "shim.h", "spanbits.h", "pages.h", "central.h", "numpy.c")
 
 
 def _cdef() -> str:

@@ -34,7 +34,7 @@ static pthread_key_t tls_key;
 static PyObject *err_closed, *err_reentrant, *err_freed, *err_type; /* set_errors() */
 static int tracing; /* tracemalloc traces: set by realalloc/integrations/tracing.py, and
                        checked again at every refill (PyTraceMalloc_* cost calls otherwise) */
-static PyObject *str_scan, *str_zero;
+static PyObject *str_scan, *str_zero, *kw_zero;
 
 static inline ra_tls_slot *my_slot(const ra_heap *h) {
     if (!tls_slots) {
@@ -59,6 +59,7 @@ typedef struct {
     unsigned long stw_owner;  /* thread that stopped the world */
     int stw_depth;
     Py_ssize_t exports;       /* views of its Buffers exported now */
+    Py_ssize_t held;          /* allocations held by C clients (numpy arrays) */
     PyObject *weakrefs;
 } HeapBase;
 
@@ -98,15 +99,9 @@ static int wait_while(HeapBase *self, int (*busy)(HeapBase *)) {
 
 static int heap_enter(HeapBase *self) {
     ra_tls_slot *t = self->h ? my_slot(self->h) : NULL;
-    if (!t) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    if (!t) return PyErr_NoMemory(), -1;
     if (!t->depth && wait_while(self, stopped_by_other) < 0) return -1;
-    if (self->h->stopped & RA_CLOSED) {
-        PyErr_SetString(err_closed, "the heap is closed");
-        return -1;
-    }
+    if (self->h->stopped & RA_CLOSED) return PyErr_SetString(err_closed, "the heap is closed"), -1;
     self->active++;
     t->depth++;
     return 0;
@@ -122,8 +117,7 @@ static RA_COLD PyObject *call_slow(HeapBase *self, PyObject *func, PyObject *con
                            Py_ssize_t nargs, PyObject *kwnames) {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
-    if (!func) return PyErr_Format(PyExc_RuntimeError, "heap is not attached");
-    if (1 + nargs + nkw > 8) return PyErr_Format(err_type, "too many arguments");
+    if (!func || 1 + nargs + nkw > 8) return PyErr_Format(err_type, "not an attached heap call");
     if (heap_enter(self) < 0) return NULL;
     tracing = PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, 0) != -2; /* -2: not tracing */
     stack[0] = (PyObject *)self;
@@ -198,13 +192,16 @@ static PyObject *heap_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t n
     return r;
 }
 
-/* Free the object at `arg` (`addr` its value, or 0 if it is not a plain
- * address): 0, or -1 with an exception set. */
+/* Free the object at `addr` (`arg`: the Python object it came as, or NULL;
+ * `addr` 0 if it is not a plain address): 0, or -1 with an exception set. */
 static int free_addr(HeapBase *self, PyObject *arg, uintptr_t addr) {
     ra_heap *h = self->h;
     ra_tls_slot *t = h && addr && !h->stopped ? my_slot(h) : NULL;
     if (!t || ra_free(h, addr, t->cache) != RA_OK) {
-        PyObject *r = call_slow(self, self->slow[SLOW_FREE], &arg, 1, NULL);
+        PyObject *own = arg ? NULL : PyLong_FromUnsignedLong(addr);
+        PyObject *r = arg || own ? call_slow(self, self->slow[SLOW_FREE], arg ? &arg : &own, 1, NULL)
+                                 : NULL;
+        Py_XDECREF(own);
         if (!r) return -1;
         Py_DECREF(r);
     }
@@ -286,10 +283,7 @@ static PyObject *buffer_free(Buffer *self, PyObject *unused) {
         return PyErr_Format(PyExc_BufferError,
                             "cannot free Buffer at %p: %zd exported view(s) still use its memory",
                             (void *)self->addr, self->exports);
-    PyObject *arg = PyLong_FromUnsignedLongLong(self->addr);
-    int rc = arg ? free_addr(self->heap, arg, self->addr) : -1;
-    Py_XDECREF(arg);
-    if (rc < 0) return NULL;
+    if (free_addr(self->heap, NULL, self->addr) < 0) return NULL;
     self->freed = 1;
     Py_RETURN_NONE;
 }
@@ -316,12 +310,10 @@ static PyObject *buffer_repr(Buffer *self) {
 static void buffer_dealloc(Buffer *self) {
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
     if (buffer_live(self)) { /* collected while allocated: give the memory back */
-        PyObject *et, *ev, *tb, *arg;
+        PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb); /* an exception may be in flight around us */
-        if (!(arg = PyLong_FromUnsignedLongLong(self->addr)) ||
-            free_addr(self->heap, arg, self->addr) < 0)
+        if (free_addr(self->heap, NULL, self->addr) < 0)
             PyErr_WriteUnraisable((PyObject *)self->heap); /* not self: its refcount is 0 */
-        Py_XDECREF(arg);
         PyErr_Restore(et, ev, tb);
     }
     Py_DECREF(self->heap);
@@ -457,9 +449,10 @@ static PyObject *heap_start_world(HeapBase *self, PyObject *unused) {
 /* _close_buffers(): BufferError while a Buffer is exported, else mark the heap
  * closed (its Buffers then count as freed). */
 static PyObject *heap_close_buffers(HeapBase *self, PyObject *unused) {
-    if (self->exports)
+    if (self->exports || self->held)
         return PyErr_Format(PyExc_BufferError, "cannot close the heap: %zd exported view(s) "
-                            "of its Buffers still use its memory", self->exports);
+                            "of its Buffers and %zd numpy array(s) still use its memory",
+                            self->exports, self->held);
     self->h->stopped |= RA_CLOSED;
     Py_RETURN_NONE;
 }
@@ -530,6 +523,8 @@ static PyTypeObject HeapBaseType = {
     .tp_dealloc = (destructor)heap_dealloc,
 };
 
+#include "numpy.c" /* numpy's data allocator: its own file, with the statics above */
+
 /* ---- module ------------------------------------------------------------- */
 
 /* set_tracing(flag): whether tracemalloc traces (realalloc/integrations/tracing.py). */
@@ -571,7 +566,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
     err_type = Py_NewRef(PyExc_TypeError);
     str_scan = PyUnicode_InternFromString("scan");
     str_zero = PyUnicode_InternFromString("zero");
-    if (!str_scan || !str_zero) return NULL;
+    if (!str_scan || !str_zero || !(kw_zero = PyTuple_Pack(1, str_zero))) return NULL;
     if (PyType_Ready(&HeapBaseType) < 0 || PyType_Ready(&BufferType) < 0 ||
         PyType_Ready(&GuardType) < 0)
         return NULL;

@@ -258,14 +258,6 @@ int ra_central_grow(ra_heap *h, uint32_t spc, uintptr_t base, uint32_t nspans) {
     return (int)n;
 }
 
-void ra_release_maps(ra_heap *h, ra_heap_arena *a, ra_os_stats *st) {
-    ra_lock_take(&h->pages.lock);
-    if (!a->live_pages && !a->maps_released &&
-        ra_release((uintptr_t)a->spans, sizeof a->spans, st) == 0)
-        a->maps_released = 1;
-    ra_lock_drop(&h->pages.lock);
-}
-
 void ra_counts_sum(ra_heap *h, ra_counts *out, uint32_t *ncaches) {
     uint32_t n = 0;
     ra_lock_take(&h->pages.lock);
@@ -285,6 +277,8 @@ int ra_cache_refill(ra_heap *h, ra_mcache *c, uint32_t spc) { return ra_refill(h
 
 int ra_heap_free(ra_heap *h, uintptr_t addr, ra_mcache *c) { return ra_free(h, addr, c); }
 
+size_t ra_usable_size(ra_heap *h, uintptr_t addr) { return ra_usable(h, addr); }
+
 void ra_cache_init(ra_heap *h, ra_mcache *c) {
     for (int spc = 0; spc < RA_NUM_SPAN_CLASSES; spc++) c->alloc[spc] = h->empty_span;
     ra_lock_take(&h->pages.lock);
@@ -296,13 +290,6 @@ void ra_cache_init(ra_heap *h, ra_mcache *c) {
 }
 
 void ra_cache_release(ra_heap *h, ra_mcache *c, int for_good) { ra_release_cache(h, c, for_good); }
-
-void ra_caches_detach(ra_heap *h) {
-    ra_lock_take(&h->pages.lock);
-    for (ra_mcache *c = h->caches; c; c = c->next) c->released = 1;
-    h->caches = NULL;
-    ra_lock_drop(&h->pages.lock);
-}
 
 void ra_central_reclaim(ra_heap *h, uint32_t spc) {
     ra_central *ce = &h->central[spc];

@@ -260,16 +260,15 @@ int ra_span_install(ra_heap *h, uintptr_t base, uint32_t npages, uint32_t spancl
                     uint32_t state, ra_span **out);
 int ra_span_uninstall(ra_heap *h, ra_span *s, uint32_t state, uintptr_t base);
 int ra_central_grow(ra_heap *h, uint32_t spc, uintptr_t base, uint32_t nspans);
-void ra_release_maps(ra_heap *h, ra_heap_arena *a, ra_os_stats *st);
 void ra_counts_sum(ra_heap *h, ra_counts *out, uint32_t *ncaches);
 
 /* ---- Objects (spanbits.h, central.h). */
 uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero);
 int ra_cache_refill(ra_heap *h, ra_mcache *c, uint32_t spc);
 int ra_heap_free(ra_heap *h, uintptr_t addr, ra_mcache *c); /* small or large: RA_OK/RA_SLOW */
+size_t ra_usable_size(ra_heap *h, uintptr_t addr); /* of a live object starting there, else 0 */
 void ra_cache_init(ra_heap *h, ra_mcache *c);
 void ra_cache_release(ra_heap *h, ra_mcache *c, int for_good);
-void ra_caches_detach(ra_heap *h); /* at close: every cache released, touching no span */
 void ra_central_reclaim(ra_heap *h, uint32_t spc);
 
 /* CDEF END */

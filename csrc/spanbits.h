@@ -167,6 +167,24 @@ static inline int ra_free_object(ra_heap *h, uintptr_t addr, ra_mcache *c) {
     return inner ? RA_SLOW : ra_free_slot(h, s, idx, c);
 }
 
+/* Bytes usable at `addr` if a live object of `h` starts there, else 0: a tiny
+ * piece's own extent, a slot (Go's roundupsize), or a large object's pages. */
+static inline size_t ra_usable(ra_heap *h, uintptr_t addr) {
+    ra_span *s = ra_span_at(h, addr);
+    if (!s || s->state != RA_SPAN_IN_USE) return 0;
+    if (s->spanclass < 2) return addr == s->base ? (size_t)s->npages << RA_PAGE_SHIFT : 0;
+    uintptr_t off = addr - s->base;
+    uint32_t idx = ra_slot_of(s, off), inner = (uint32_t)(off - (uintptr_t)idx * s->elemsize);
+    uint64_t bit = 1ull << (idx & 63);
+    if (idx >= s->nelems || !(RA_LOAD(&ra_alloc_bits(s)[idx >> 6]) & bit) ||
+        (RA_LOAD(&ra_free_bits(s)[idx >> 6]) & bit))
+        return 0;
+    uint32_t st = s->spanclass == RA_TINY_SPAN_CLASS ? RA_LOAD(&ra_tiny_state(s)[idx]) : 0;
+    if (!st) return inner ? 0 : s->elemsize;
+    uint32_t end = ra_tiny_end_bit(st, inner);
+    return !(st >> inner & 1) ? 0 : end ? (uint32_t)__builtin_ctz(end) - 15 - inner : 16 - inner;
+}
+
 /* The span class a small request of `size` bytes needs from the cache:
  * noscan sizes below 16 are tiny pieces; size 0 takes the smallest class. */
 static inline uint32_t ra_class_for(size_t size, int noscan) {

@@ -343,6 +343,26 @@ class Heap(_fast.HeapBase):
         with self._guard:
             self.mheap.memory_limit = nbytes
 
+    def cffi_allocator(self, ffi: Any, *, zero: bool = True) -> Any:
+        """``ffi.new_allocator`` over this heap: objects that ``ffi.new`` makes
+        through it live in realalloc memory (zeroed unless ``zero=False``) and
+        go back to the heap when cffi frees them."""
+        if not isinstance(zero, bool):
+            raise ArgumentTypeError(f"zero must be a bool, not {type(zero).__name__}")
+        new_allocator = getattr(ffi, "new_allocator", None)
+        if new_allocator is None:
+            raise ArgumentTypeError(f"ffi must be a cffi FFI, not {type(ffi).__name__}")
+        malloc, free = self.malloc, self.free
+
+        def alloc(size: int) -> Any:
+            return ffi.cast("void *", malloc(size, zero=zero))
+
+        def release(ptr: Any) -> None:
+            free(int(ffi.cast("uintptr_t", ptr)))
+
+        # should_clear_after_alloc=False: realalloc zeroes (or not) itself.
+        return new_allocator(alloc, release, should_clear_after_alloc=False)
+
     def map_png(self, path: str | os.PathLike[str]) -> None:
         """Draw every page of this heap, coloured by state, OS residency marked,
         into the PNG ``path`` (needs matplotlib: ``realalloc[plot]``).  See

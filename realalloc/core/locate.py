@@ -30,44 +30,35 @@ from typing import TYPE_CHECKING, Final
 
 from ..errors import DoubleFreeError, ForeignPointerError, InteriorPointerError
 from .arena import ARENAS
+from .osmem import lib
 from .sizeclasses import TINY_SPAN_CLASS
 from .span import MSpan, SpanState, span_bits, tiny_states
 
 if TYPE_CHECKING:
     from .mheap import MHeap
 
-__all__ = ["Located", "locate", "tiny_extent"]
+__all__ = ["Located", "locate"]
 
 _RECENT_LARGE: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
 class Located:
-    """Where a live object is: its span, slot, and byte offset of a tiny piece."""
+    """Where a live object is: its span, slot, byte offset of a tiny piece,
+    and the bytes usable at its address (C's rule: ``ra_usable_size``)."""
 
     span: MSpan
     slot: int
     piece: int
     """Offset of the tiny piece in its block; -1 for a whole slot."""
-
-    @property
-    def extent(self) -> int:
-        """Bytes usable at the object's address."""
-        c = self.span.c
-        if self.piece >= 0:
-            return tiny_extent(int(tiny_states(c)[self.slot]), self.piece)
-        return int(c.elemsize) or self.span.nbytes  # 0: a large object, its pages
-
-
-def tiny_extent(state: int, start: int) -> int:
-    """Bytes of the tiny piece starting at byte ``start`` (RA_TINY_HELD in shim.h)."""
-    ends = (state >> 16 & 0x7FFF) >> start
-    return (ends & -ends).bit_length() if ends else 16 - start
+    extent: int
+    """Bytes usable at the object's address."""
 
 
 def locate(mheap: MHeap, addr: int, op: str) -> Located:
     """The live object at ``addr``, or the specific error for why not."""
     where = f"{op}({addr:#x})"
+    usable = int(lib.ra_usable_size(mheap.h, addr))
     arena = ARENAS.lookup(addr)
     if arena is None:
         raise ForeignPointerError(f"{where}: not an address of this heap")
@@ -88,7 +79,7 @@ def locate(mheap: MHeap, addr: int, op: str) -> Located:
             raise InteriorPointerError(
                 f"{where}: points {addr - base} bytes into the large object at {base:#x}"
             )
-        return Located(span, 0, -1)
+        return Located(span, 0, -1, usable)
     elemsize = int(c.elemsize)
     slot, inner = divmod(addr - base, elemsize)
     if slot >= c.nelems:
@@ -98,12 +89,14 @@ def locate(mheap: MHeap, addr: int, op: str) -> Located:
     state = int(tiny_states(c)[slot]) if c.spanclass == TINY_SPAN_CLASS else 0
     if state:
         if live and state >> inner & 1:
-            return Located(span, slot, inner)
+            return Located(span, slot, inner, usable)
+        block = addr - inner
         for start in range(inner + 1):
-            if state >> start & 1 and inner <= start + tiny_extent(state, start) - 1:
+            extent = int(lib.ra_usable_size(mheap.h, block + start))
+            if state >> start & 1 and inner < start + extent:
                 raise InteriorPointerError(
                     f"{where}: points {inner - start} bytes into the tiny object at "
-                    f"{addr - inner + start:#x}"
+                    f"{block + start:#x}"
                 )
         raise DoubleFreeError(f"{where}: no live tiny object starts there (already freed?)")
     if not live:
@@ -112,4 +105,4 @@ def locate(mheap: MHeap, addr: int, op: str) -> Located:
         raise InteriorPointerError(
             f"{where}: points {inner} bytes into the {elemsize}-byte object at {addr - inner:#x}"
         )
-    return Located(span, slot, -1)
+    return Located(span, slot, -1, usable)

@@ -256,9 +256,12 @@ class MHeap:
         maps of arenas that hold no span (zero pages read as all NULL)."""
         released = self.pools.trim()
         for arena in self.arenas:
-            if not arena.meta.maps_released:
-                lib.ra_release_maps(self.h, arena.meta, self.meta_os.c)
-                released += _PAGE_MAP_BYTES if arena.meta.maps_released else 0
+            # Only this lock's holder installs spans; C frees only lower live_pages.
+            meta = arena.meta
+            if not meta.live_pages and not meta.maps_released:
+                self.meta_os.release(int(ffi.cast("uintptr_t", meta)), _PAGE_MAP_BYTES)
+                meta.maps_released = 1
+                released += _PAGE_MAP_BYTES
         return released
 
     def scavenge_excess(self, retain_percent: int, max_bytes: int) -> int:
@@ -343,8 +346,14 @@ class MHeap:
             if self._torn_down:
                 return
             # Thread caches die with their threads later: they must not touch
-            # the span records unmapped here.
-            lib.ra_caches_detach(self.h)
+            # the span records unmapped here.  No cache leaves the list
+            # meanwhile: a thread's end releases its cache inside the heap,
+            # which refuses once closed (Heap.close).
+            c = self.h.caches
+            while c:
+                c.released = 1
+                c = c.next
+            self.h.caches = ffi.NULL
             for arena in self.arenas:
                 ARENAS.remove(arena)
             self.arenas = []
