@@ -112,19 +112,27 @@ static void heap_leave(HeapBase *self) {
     my_slot(self->h)->depth--;
 }
 
+/* fn(*args) inside the heap.  A Python `with` could be cut short between its
+ * body and __exit__ (KeyboardInterrupt, a trace function) and leave the heap
+ * entered for good; here nothing in Python comes between the two steps. */
+static PyObject *call_inside(HeapBase *self, PyObject *fn, PyObject *const *args, size_t nargs,
+                             PyObject *kwnames) {
+    if (heap_enter(self) < 0) return NULL;
+    PyObject *r = PyObject_Vectorcall(fn, args, nargs, kwnames);
+    heap_leave(self);
+    return r;
+}
+
 /* func(self, *args, **kwnames) inside the heap. */
 static RA_COLD PyObject *call_slow(HeapBase *self, PyObject *func, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames) {
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     PyObject *stack[8];
     if (!func || 1 + nargs + nkw > 8) return PyErr_Format(err_type, "not an attached heap call");
-    if (heap_enter(self) < 0) return NULL;
     tracing = PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, 0) != -2; /* -2: not tracing */
     stack[0] = (PyObject *)self;
     for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[1 + i] = args[i];
-    PyObject *r = PyObject_Vectorcall(func, stack, 1 + nargs, kwnames);
-    heap_leave(self);
-    return r;
+    return call_inside(self, func, stack, 1 + nargs, kwnames);
 }
 
 /* ---- malloc and free ----------------------------------------------------- */
@@ -359,43 +367,6 @@ static PyTypeObject BufferType = {
     .tp_weaklistoffset = offsetof(Buffer, weakrefs),
 };
 
-/* ---- the guard: `with heap._guard:` -------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    HeapBase *heap;
-} Guard;
-
-static PyObject *guard_enter(Guard *self, PyObject *unused) {
-    return heap_enter(self->heap) < 0 ? NULL : Py_NewRef(Py_None);
-}
-
-static PyObject *guard_exit(Guard *self, PyObject *args) {
-    heap_leave(self->heap);
-    Py_RETURN_FALSE;
-}
-
-static void guard_dealloc(Guard *self) {
-    Py_DECREF(self->heap);
-    PyObject_Free(self);
-}
-
-static PyMethodDef guard_methods[] = {
-    {"__enter__", (PyCFunction)guard_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)guard_exit, METH_VARARGS, NULL},
-    {NULL},
-};
-
-static PyTypeObject GuardType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "realalloc._fast.Guard",
-    .tp_basicsize = sizeof(Guard),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "`with heap._guard:` counts the calling thread as inside the heap.",
-    .tp_methods = guard_methods,
-    .tp_dealloc = (destructor)guard_dealloc,
-};
-
 /* ---- HeapBase ------------------------------------------------------------ */
 
 /* _attach(heap_address, zero): bind the C heap; resolve the slow paths once. */
@@ -465,11 +436,21 @@ static PyObject *heap_set_cache(HeapBase *self, PyObject *arg) {
     return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
 }
 
-static PyObject *heap_get_guard(HeapBase *self, void *closure) {
-    if (!self->h) return PyErr_Format(PyExc_RuntimeError, "heap is not attached");
-    Guard *guard = PyObject_New(Guard, &GuardType);
-    if (guard) guard->heap = (HeapBase *)Py_NewRef(self);
-    return (PyObject *)guard;
+/* _inside(fn, *args): fn(*args) inside the heap (see call_inside). */
+static PyObject *heap_inside(HeapBase *self, PyObject *const *args, Py_ssize_t n) {
+    if (n < 1 || !self->h) return PyErr_Format(err_type, "_inside(fn, *args) of an attached heap");
+    return call_inside(self, args[0], args + 1, n - 1, NULL);
+}
+
+/* _alone(fn, *args): fn(*args) with the world stopped, started again however fn ends. */
+static PyObject *heap_alone(HeapBase *self, PyObject *const *args, Py_ssize_t n) {
+    if (n < 1 || !self->h) return PyErr_Format(err_type, "_alone(fn, *args) of an attached heap");
+    PyObject *stopped = heap_stop_world(self, NULL);
+    if (!stopped) return NULL;
+    Py_DECREF(stopped);
+    PyObject *r = PyObject_Vectorcall(args[0], args + 1, n - 1, NULL);
+    heap_start_world(self, NULL); /* cannot fail: leaves any exception as it is */
+    return r;
 }
 
 static PyMethodDef heap_methods[] = {
@@ -483,11 +464,8 @@ static PyMethodDef heap_methods[] = {
     {"_start_world", (PyCFunction)heap_start_world, METH_NOARGS, NULL},
     {"_close_buffers", (PyCFunction)heap_close_buffers, METH_NOARGS, NULL},
     {"_set_cache", (PyCFunction)heap_set_cache, METH_O, NULL},
-    {NULL},
-};
-
-static PyGetSetDef heap_getset[] = {
-    {"_guard", (getter)heap_get_guard, NULL, "Context manager: inside the heap.", NULL},
+    {"_inside", (PyCFunction)(void (*)(void))heap_inside, METH_FASTCALL, NULL},
+    {"_alone", (PyCFunction)(void (*)(void))heap_alone, METH_FASTCALL, NULL},
     {NULL},
 };
 
@@ -515,7 +493,6 @@ static PyTypeObject HeapBaseType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "C half of realalloc.Heap: the malloc/free fast path.",
     .tp_methods = heap_methods,
-    .tp_getset = heap_getset,
     .tp_new = PyType_GenericNew,
     .tp_traverse = (traverseproc)heap_traverse,
     .tp_clear = (inquiry)heap_clear,
@@ -544,7 +521,27 @@ static PyObject *set_errors(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* locked(lock, fn, *args): fn(*args) holding lock (acquire/release), released
+ * however fn ends; as with call_inside, no Python line comes between. */
+static PyObject *locked(PyObject *mod, PyObject *const *args, Py_ssize_t n) {
+    if (n < 2) return PyErr_Format(err_type, "locked(lock, fn, *args)");
+    PyObject *ok = PyObject_CallMethod(args[0], "acquire", NULL);
+    if (!ok) return NULL;
+    Py_DECREF(ok);
+    PyObject *r = PyObject_Vectorcall(args[1], args + 2, n - 2, NULL), *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (!(ok = PyObject_CallMethod(args[0], "release", NULL))) {
+        Py_CLEAR(r);
+        Py_XDECREF(et), Py_XDECREF(ev), Py_XDECREF(tb);
+        return NULL;
+    }
+    Py_DECREF(ok);
+    PyErr_Restore(et, ev, tb);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
+    {"locked", (PyCFunction)(void (*)(void))locked, METH_FASTCALL, NULL},
     {"set_errors", set_errors, METH_VARARGS, NULL},
     {"set_tracing", set_tracing, METH_O, NULL},
     {NULL},
@@ -567,8 +564,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
     str_scan = PyUnicode_InternFromString("scan");
     str_zero = PyUnicode_InternFromString("zero");
     if (!str_scan || !str_zero || !(kw_zero = PyTuple_Pack(1, str_zero))) return NULL;
-    if (PyType_Ready(&HeapBaseType) < 0 || PyType_Ready(&BufferType) < 0 ||
-        PyType_Ready(&GuardType) < 0)
+    if (PyType_Ready(&HeapBaseType) < 0 || PyType_Ready(&BufferType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fastmodule);
     if (!m) return NULL;

@@ -102,6 +102,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import _fast
 from ._version import __version__
 from .core.heap import MAX_HEAPS, Buffer, Heap
 from .core.mheap import MHeap
@@ -143,13 +144,17 @@ if TYPE_CHECKING:
 def default_heap() -> Heap:
     """The module's default heap, behind ``realalloc.malloc`` and friends:
     made on first use (so a process that never uses it spends no heap slot)."""
+    return _default if _default is not None else _fast.locked(_default_lock, _make_default)
+
+
+def _make_default() -> Heap:
     global _default
-    with _default_lock:
-        if _default is None:
-            _default = Heap()
-            # Bound once: later lookups of realalloc.malloc cost a dict lookup.
-            globals().update({name: getattr(_default, name) for name in _DEFAULT_METHODS})
-        return _default
+    if _default is None:
+        heap = Heap()
+        # Bound once: later lookups of realalloc.malloc cost a dict lookup.
+        globals().update({name: getattr(heap, name) for name in _DEFAULT_METHODS})
+        _default = heap
+    return _default
 
 
 def __getattr__(name: str) -> Any:

@@ -19,20 +19,27 @@ Lock order (acquire left to right, never the reverse):
 
 C locks are held only inside one C call (csrc/shim.h), so a thread never
 holds one while Python code runs.  MHeap.lock is the one lock held across
-Python code; ``HeapLock`` refuses a thread that already holds it (a signal
-handler or finalizer that re-enters the page heap) with ReentrancyError
-instead of letting it run the page heap again half-way, or wait for itself.
+Python code; ``HeapLock.run`` refuses a thread that already holds it (a
+signal handler or finalizer that re-enters the page heap) with
+ReentrancyError instead of letting it run the page heap again half-way, or
+wait for itself.  Every Python-level lock is held through ``_fast.locked``
+(or ``HeapLock.run``): taken and released in C around a Python call, so no
+exception can leave it held (realalloc/core/heap.py: interruption).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Final
+from collections.abc import Callable
+from typing import Final, TypeVar
 
+from . import _fast
 from .errors import HeapCorruption, InvalidArgumentError, ReentrancyError
 
 __all__ = ["DEBUG", "LOCK_ORDER", "HeapLock", "assert_lock_held"]
+
+T = TypeVar("T")
 
 
 def _level() -> int:
@@ -49,10 +56,8 @@ LOCK_ORDER: Final = ("MHeap.lock", "MCentral (C)", "page lock (C)", "ArenaIndex.
 class HeapLock:
     """A lock that knows its owner and refuses re-entry.
 
-    ``with heap_lock.held_by_none():`` raises ReentrancyError when the calling
-    thread holds the lock already, else returns the underlying ``RLock``,
-    whose C ``__enter__`` takes it: once taken, nothing in Python runs before
-    the ``with`` block owns it, so an exception cannot leave it held.
+    ``heap_lock.run(fn, *args)`` raises ReentrancyError when the calling
+    thread holds the lock already, else runs ``fn(*args)`` holding it.
     """
 
     __slots__ = ("_rlock", "name")
@@ -61,14 +66,14 @@ class HeapLock:
         self._rlock = threading.RLock()
         self.name = name
 
-    def held_by_none(self) -> threading.RLock:
+    def run(self, fn: Callable[..., T], /, *args: object) -> T:
         if self._rlock._is_owned():  # type: ignore[attr-defined]
             raise ReentrancyError(
                 f"{self.name} is held by this thread: a call re-entered the page heap "
                 "(from a signal handler, a finalizer or a trace function) while it was "
                 "busy; it cannot run until the interrupted call returns"
             )
-        return self._rlock
+        return _fast.locked(self._rlock, fn, *args)
 
     def held(self) -> bool:
         """True when the calling thread holds the lock."""

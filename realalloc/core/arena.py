@@ -42,6 +42,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Final
 
+from .. import _fast
 from ..errors import InvalidArgumentError
 from .osmem import ffi, lib
 from .sizeclasses import (
@@ -118,27 +119,32 @@ class ArenaIndex:
 
     def add(self, arena: HeapArena) -> None:
         """Make ``arena`` findable from its addresses (ARENA-2)."""
+        _fast.locked(self.lock, self._add_locked, arena)
+
+    def _add_locked(self, arena: HeapArena) -> None:
         n = arena.base >> ARENA_SHIFT
         hi, lo = n >> ARENA_L2_BITS, n & _L2_MASK
-        with self.lock:
-            if n in self._arenas:
-                raise InvalidArgumentError(f"arena {arena.base:#x} is already in the index")
-            if self._l2_memory[hi] is None:
-                self._l2_memory[hi] = ffi.new("ra_heap_arena *[]", 1 << ARENA_L2_BITS)
-                lib.ra_arena_l1[hi] = self._l2_memory[hi]
-            # C first: a Python entry always has its C twin.
-            self._l2_memory[hi][lo] = arena.meta
-            self._arenas[n] = arena
+        if n in self._arenas:
+            raise InvalidArgumentError(f"arena {arena.base:#x} is already in the index")
+        if self._l2_memory[hi] is None:
+            l2 = ffi.new("ra_heap_arena *[]", 1 << ARENA_L2_BITS)
+            lib.ra_arena_l1[hi] = l2  # C first: the array is kept alive once Python has it
+            self._l2_memory[hi] = l2
+        # C first: a Python entry always has its C twin.
+        self._l2_memory[hi][lo] = arena.meta
+        self._arenas[n] = arena
 
     def remove(self, arena: HeapArena) -> None:
         """Forget ``arena``; a no-op if it is not (or no longer) in the index."""
+        _fast.locked(self.lock, self._remove_locked, arena)
+
+    def _remove_locked(self, arena: HeapArena) -> None:
         n = arena.base >> ARENA_SHIFT
-        with self.lock:
-            if self._arenas.get(n) is arena:
-                del self._arenas[n]
-            l2 = self._l2_memory[n >> ARENA_L2_BITS]
-            if l2 is not None and l2[n & _L2_MASK] == arena.meta:
-                l2[n & _L2_MASK] = ffi.NULL
+        if self._arenas.get(n) is arena:
+            del self._arenas[n]
+        l2 = self._l2_memory[n >> ARENA_L2_BITS]
+        if l2 is not None and l2[n & _L2_MASK] == arena.meta:
+            l2[n & _L2_MASK] = ffi.NULL
 
     def lookup(self, addr: int) -> HeapArena | None:
         """The arena holding ``addr``, or None; O(1) (Go: spanOf's first half)."""

@@ -30,6 +30,7 @@ never touches the heap again.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +69,5 @@ class MCache:
         if heap is None:
             lib.ra_cache_release(self._h, self.c, 1)
             return
-        try:
-            with heap._guard:
-                lib.ra_cache_release(self._h, self.c, 1)
-        except HeapClosedError:
-            pass  # close detached every cache already
+        with contextlib.suppress(HeapClosedError):  # close detached every cache already
+            heap._inside(lib.ra_cache_release, self._h, self.c, 1)

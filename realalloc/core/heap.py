@@ -36,11 +36,25 @@ FIX-*, CENTRAL-*, CACHE-*, PAGE-*, STATS-*, OS-*).
 
 Locking: the fast path and the central hand-off take only C locks, each
 inside one C call.  Python methods that touch heap memory run inside the
-heap (``with self._guard``); the page heap takes ``MHeap.lock``.
+heap (``self._inside(fn, ...)``); the page heap takes ``MHeap.lock``.
+
+Interruption: a KeyboardInterrupt, or any exception a signal handler or
+trace function raises, may arrive at any line of this package's Python
+code.  Entering and leaving the heap, stopping and starting the world, and
+taking and releasing every lock are therefore pairs of C steps around a
+Python call (``_inside``, ``_alone``, ``_fast.locked``), never a ``with``
+or ``try/finally``, whose exit an exception can skip.  Between those steps
+each change is one C call, or Python state that is derived from C and
+rebuilt when found stale (realalloc/core/pagealloc.py), or a step that can
+run again (growth, close).  A call that re-enters the page heap on the same
+thread (a finalizer or signal handler that allocates a large object while
+the thread is inside it) gets ReentrancyError; frees never need Python.
+tests/test_interruption.py injects both at random lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -102,6 +116,23 @@ _slots_lock = threading.Lock()
 _free_slots = list(range(MAX_HEAPS - 1, -1, -1))
 
 
+def _take_slot() -> int:
+    if not _free_slots:
+        raise OutOfMemoryError(
+            f"{MAX_HEAPS} heaps are open already (the most a process can have at once); "
+            "close one first"
+        )
+    return _free_slots.pop()
+
+
+def _return_slot(heap: Heap) -> None:
+    """Give the heap's slot back, once.  Taken from the heap in one statement,
+    so an interruption can only lose the slot, never hand it out twice."""
+    slot, heap._slot = heap.__dict__.get("_slot"), None
+    if slot is not None:
+        _free_slots.append(slot)
+
+
 def _address(addr: object, op: str) -> int:
     """An object's address: an int (subclasses too); any int out of the 64-bit
     range is simply not an address of this heap."""
@@ -150,18 +181,11 @@ class Heap(_fast.HeapBase):
             if not isinstance(flag, bool):
                 raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
         self._zero = zero
-        with _slots_lock:
-            if not _free_slots:
-                raise OutOfMemoryError(
-                    f"{MAX_HEAPS} heaps are open already (the most a process can have at "
-                    "once); close one first"
-                )
-            self._slot: int | None = _free_slots.pop()
+        self._slot: int | None = _fast.locked(_slots_lock, _take_slot)
         try:
             self.mheap = MHeap()
         except BaseException:
-            with _slots_lock:
-                _free_slots.append(self._slot)
+            self._give_slot()
             raise
         self.c: Any = self.mheap.h
         self.c.gen = next(_gens)
@@ -189,8 +213,11 @@ class Heap(_fast.HeapBase):
         self.close()
 
     def __del__(self) -> None:
-        if sys.is_finalizing() or "c" not in self.__dict__:
+        if sys.is_finalizing():
             return  # see realalloc/core/lifecycle.py: exit
+        if "c" not in self.__dict__:
+            self._give_slot()  # __init__ was cut short
+            return
         self.close()
 
     # -- slow paths called by the C fast path (declared in realalloc/_fast.pyi) --
@@ -242,60 +269,50 @@ class Heap(_fast.HeapBase):
         size.  Stays in place while the size class (or page count) still fits."""
         where = _address(addr, "realloc")
         size = require_int("size", size)
-        with self._guard:
-            obj = locate(self.mheap, where, "realloc")
-            c = obj.span.c
-            noscan = bool(c.spanclass & 1)
-            if c.spanclass < 2:
-                fits = size > MAX_SMALL_SIZE and -(-size // PAGE_SIZE) == c.npages
-            elif obj.piece >= 0:  # the piece must also be aligned as Go aligns that size
-                fits = (
-                    noscan
-                    and size < TINY_SIZE
-                    and size <= obj.extent
-                    and where % tiny_align(size) == 0
-                )
-            else:
-                tiny = noscan and size < TINY_SIZE
-                fits = (
-                    not tiny and size <= MAX_SMALL_SIZE and size_to_class(size) == c.spanclass >> 1
-                )
-            if fits:
-                return where
-            new = self.malloc(size, scan=not noscan)
-            try:
-                ffi.memmove(
-                    ffi.cast("char *", new), ffi.cast("char *", where), min(size, obj.extent)
-                )
-            except BaseException:
-                self.free(new)  # interrupted: the old object stays, nothing leaks
-                raise
-            self.free(where)
-            return new
+        obj = self._inside(locate, self.mheap, where, "realloc")
+        c = obj.span.c
+        noscan = bool(c.spanclass & 1)
+        if c.spanclass < 2:
+            fits = size > MAX_SMALL_SIZE and -(-size // PAGE_SIZE) == c.npages
+        elif obj.piece >= 0:  # the piece must also be aligned as Go aligns that size
+            fits = (
+                noscan and size < TINY_SIZE and size <= obj.extent and where % tiny_align(size) == 0
+            )
+        else:
+            tiny = noscan and size < TINY_SIZE
+            fits = not tiny and size <= MAX_SMALL_SIZE and size_to_class(size) == c.spanclass >> 1
+        if fits:
+            return where
+        new = self.malloc(size, scan=not noscan)
+        try:
+            ffi.memmove(ffi.cast("char *", new), ffi.cast("char *", where), min(size, obj.extent))
+        except BaseException:
+            self.free(new)  # interrupted: the old object stays
+            raise
+        # One line, so no line of ours runs between the free and the return
+        # (interrupted there, the caller would own neither object).  free
+        # returns None.
+        return self.free(where) or new
 
     def usable_size(self, addr: int) -> int:
         """Bytes usable at ``addr``: Go's roundupsize of the request for small
         and large objects; a tiny piece's own extent."""
         where = _address(addr, "usable_size")
-        with self._guard:
-            return locate(self.mheap, where, "usable_size").extent
+        return self._inside(locate, self.mheap, where, "usable_size").extent
 
     def span_of(self, addr: int) -> SpanInfo | None:
         """The span holding ``addr``, or None when it is not in a live span."""
         where = require_int("addr", addr, 0, _ADDR_MAX)
-        with self._guard:
-            span = self.mheap.span_of(where)
-            return None if span is None else span.info()
+        span = self._inside(self.mheap.span_of, where)
+        return None if span is None else span.info()
 
     def stats(self) -> MemStats:
         """Go's runtime.MemStats for this heap, from counters (no heap walk)."""
-        with self._guard:
-            return collect(self.mheap)
+        return self._inside(collect, self.mheap)
 
     def spans(self) -> Iterator[SpanInfo]:
         """Every live span, walked now (a full picture; stats() is the cheap one)."""
-        with self._guard:
-            return iter([span.info() for span in self.mheap.live_spans()])
+        return iter(self._inside(lambda: [span.info() for span in self.mheap.live_spans()]))
 
     def memory_report(self) -> MemoryReport:
         """The allocator's view of its memory beside the OS's (RSS, USS)."""
@@ -319,18 +336,19 @@ class Heap(_fast.HeapBase):
         bytes of pages released; they count in ``heap_released``."""
         if nbytes is not None:
             require_int("nbytes", nbytes)
-        with self._guard:
-            if nbytes is None:
-                cache: MCache | None = getattr(self._local, "cache", None)
-                if cache is not None:
-                    cache.release()
-            self.central.reclaim()
-            return self.mheap.scavenge(nbytes)
+        return self._inside(self._scavenge_inside, nbytes)
+
+    def _scavenge_inside(self, nbytes: int | None) -> int:
+        if nbytes is None:
+            cache: MCache | None = getattr(self._local, "cache", None)
+            if cache is not None:
+                cache.release()
+        self.central.reclaim()
+        return self.mheap.scavenge(nbytes)
 
     def reclaim(self) -> None:
         """Sweep every class's pending frees and return empty spans to MHeap."""
-        with self._guard:
-            self.central.reclaim()
+        self._inside(self.central.reclaim)
 
     def set_memory_limit(self, nbytes: int | None) -> None:
         """Cap the memory this heap keeps resident (Go: GOMEMLIMIT, but hard):
@@ -340,8 +358,7 @@ class Heap(_fast.HeapBase):
         stay released).  None removes the limit.  See realalloc/core/limit.py."""
         if nbytes is not None:
             require_int("nbytes", nbytes)
-        with self._guard:
-            self.mheap.memory_limit = nbytes
+        self._inside(setattr, self.mheap, "memory_limit", nbytes)
 
     def cffi_allocator(self, ffi: Any, *, zero: bool = True) -> Any:
         """``ffi.new_allocator`` over this heap: objects that ``ffi.new`` makes
@@ -375,47 +392,38 @@ class Heap(_fast.HeapBase):
 
     def metadata_bytes(self) -> int:
         """C memory held for allocator metadata (arenas, spans, bitmaps, caches)."""
-        with self._guard:
-            return self.mheap.metadata().total + self._cache_metadata()
+        return self._inside(lambda: self.mheap.metadata().total + self._cache_metadata())
 
     def check(self) -> None:
         """Verify every invariant of every layer; raise HeapCorruption naming
         the broken one.  Stops the world while it runs, so it is exact while
         other threads use the heap (they wait)."""
-        self._stop_world()
-        try:
-            self._check_stopped()
-        finally:
-            self._start_world()
+        self._alone(self._check_stopped)
 
     def close(self) -> None:
         """Unmap all memory.  Idempotent.  BufferError while a Buffer is
         exported; other threads' calls in progress finish first, later ones
         raise HeapClosedError."""
         if not self.closed:
-            try:
-                self._stop_world()
-            except HeapClosedError:
-                pass  # another thread closed it meanwhile
-            else:
-                try:
-                    if not self.closed:
-                        self._close_buffers()  # BufferError, else the heap is closed now
-                finally:
-                    self._start_world()
+            with contextlib.suppress(HeapClosedError):  # another thread closed it meanwhile
+                self._alone(self._close_alone)
         self._teardown()
 
     # -- helpers ----------------------------------------------------------
+
+    def _close_alone(self) -> None:
+        if not self.closed:
+            self._close_buffers()  # BufferError, else the heap is closed now
 
     def _teardown(self) -> None:
         """After close: each step may run again, so an interrupted close finishes later."""
         self._stop_scavenger()
         self.mheap.close()
-        with _slots_lock:
-            if self._slot is not None:
-                _free_slots.append(self._slot)
-                self._slot = None
+        self._give_slot()
         unregister_heap(self)
+
+    def _give_slot(self) -> None:
+        _fast.locked(_slots_lock, _return_slot, self)
 
     def _stop_scavenger(self) -> None:
         if self._scavenger is not None:

@@ -37,6 +37,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from .. import _fast
 from ..errors import HeapClosedError, ReentrancyError
 from .arena import ARENAS
 
@@ -54,18 +55,15 @@ _locked: list[MHeap] = []
 
 
 def register_heap(heap: Heap) -> None:
-    with _registry_lock:
-        _heaps.add(heap)
+    _fast.locked(_registry_lock, _heaps.add, heap)
 
 
 def unregister_heap(heap: Heap) -> None:
-    with _registry_lock:
-        _heaps.discard(heap)
+    _fast.locked(_registry_lock, _heaps.discard, heap)
 
 
 def register_mheap(mheap: MHeap) -> None:
-    with _registry_lock:
-        _mheaps.add(mheap)
+    _fast.locked(_registry_lock, _mheaps.add, mheap)
 
 
 def _before_fork() -> None:
@@ -97,8 +95,7 @@ def _after_fork(child: bool) -> None:
 
 
 def _at_exit() -> None:
-    with _registry_lock:
-        heaps = list(_heaps)
+    heaps: list[Heap] = _fast.locked(_registry_lock, list, _heaps)
     for heap in heaps:
         heap._stop_scavenger()
 

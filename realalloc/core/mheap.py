@@ -28,8 +28,8 @@ Invariants:
   HEAP-3: a page that maps to a span lies inside that live span.
 
 Locking: every method named ``*_locked`` needs ``MHeap.lock`` held by the
-caller; the others take it themselves.  It refuses re-entry from the same
-thread (ReentrancyError): see realalloc/_debug.py.
+caller; the others take it themselves (``self.lock.run``, which refuses
+re-entry from the same thread with ReentrancyError): see realalloc/_debug.py.
 """
 
 from __future__ import annotations
@@ -149,57 +149,59 @@ class MHeap:
         the caller (MANUAL), zeroed if ``zero`` and its pages may hold old
         data.  ``what`` names the request in a memory-limit error."""
         _growth_bytes(npages)  # a span the machine could never back fails first
-        c = None
+        out = ffi.new("ra_span **")  # C fills it in the step that installs the span
         try:
-            with self.lock.held_by_none():
-                self._check_open()
-                c = self._install_locked(npages, state, spanclass, what)
+            self.lock.run(self._install_locked, npages, state, spanclass, what, out)
+            c = out[0]
             if zero and c.needzero:
                 lib.ra_memzero(c.base, npages * PAGE_SIZE)
             return MSpan(c)
         except BaseException:
-            if c is not None:  # interrupted after the span appeared: nothing is lost
+            c = out[0]
+            if c != ffi.NULL:  # interrupted after the span appeared: nothing is lost
                 lib.ra_span_uninstall(self.h, c, c.state, c.base)
             raise
 
-    def _install_locked(self, npages: int, state: int, spanclass: int, what: str) -> Any:
+    def _install_locked(self, npages: int, state: int, spanclass: int, what: str, out: Any) -> None:
         assert_lock_held(self.lock)
+        self._check_open()
         pool = self.pools.pool_of(spanclass)
         admit_locked(self, npages, pool, 1, what or f"a span of {npages} pages")
         self.pools.reserve(pool, 1)
         base, new_search, frees = self._find_locked(npages)
-        out = ffi.new("ra_span **")
         rc = lib.ra_span_install(self.h, base, npages, spanclass, state, out)
         if rc != _OK:
             raise HeapCorruption(f"HEAP-2: installing {npages} pages at {base:#x} failed ({rc})")
         self.pages.raise_search(new_search, frees)
         if _debug.DEBUG >= 3:  # (L3, O(heap)) the page allocator after every change
             self.pages.check()
-        return out[0]
 
     def grow_central(self, spc: int, nspans: int, what: str) -> None:
         """Bring ``nspans`` fresh spans of span class ``spc`` to its central
         list: one lock, one search, one C call (ra_central_grow).  Under a
         memory limit that has room for one span but not the batch, one."""
+        self.lock.run(self._grow_central_locked, spc, nspans, what)
+
+    def _grow_central_locked(self, spc: int, nspans: int, what: str) -> None:
+        assert_lock_held(self.lock)
+        self._check_open()
         span_pages = CLASS_TO_NPAGES[spc >> 1]
-        with self.lock.held_by_none():
-            self._check_open()
-            pool = self.pools.pool_of(spc)
-            try:
-                admit_locked(self, span_pages * nspans, pool, nspans, what)
-            except OutOfMemoryError:
-                if nspans == 1:
-                    raise
-                nspans = 1
-                admit_locked(self, span_pages, pool, 1, what)
-            npages = span_pages * nspans
-            self.pools.reserve(pool, nspans)
-            base, new_search, frees = self._find_locked(npages)
-            if lib.ra_central_grow(self.h, spc, base, nspans) != nspans:
-                raise HeapCorruption(f"HEAP-2: a batch of {nspans} spans at {base:#x} failed")
-            self.pages.raise_search(new_search, frees)
-            if _debug.DEBUG >= 3:  # (L3, O(heap))
-                self.pages.check()
+        pool = self.pools.pool_of(spc)
+        try:
+            admit_locked(self, span_pages * nspans, pool, nspans, what)
+        except OutOfMemoryError:
+            if nspans == 1:
+                raise
+            nspans = 1
+            admit_locked(self, span_pages, pool, 1, what)
+        npages = span_pages * nspans
+        self.pools.reserve(pool, nspans)
+        base, new_search, frees = self._find_locked(npages)
+        if lib.ra_central_grow(self.h, spc, base, nspans) != nspans:
+            raise HeapCorruption(f"HEAP-2: a batch of {nspans} spans at {base:#x} failed")
+        self.pages.raise_search(new_search, frees)
+        if _debug.DEBUG >= 3:  # (L3, O(heap))
+            self.pages.check()
 
     def _find_locked(self, npages: int) -> tuple[int, int, int]:
         """First fit of ``npages`` pages, growing the heap when none fits."""
@@ -215,13 +217,15 @@ class MHeap:
         """Return a live span's pages; returns how many.  It must be in
         ``state``, uncached and on no central list (checked in C, under the
         page lock)."""
-        with self.lock.held_by_none():
-            self._check_open()
-            c = span.c
-            npages = int(c.npages)
-            if lib.ra_span_uninstall(self.h, c, state, c.base) != _OK:
-                raise InvalidArgumentError(f"{span!r} is not a live {state.name} span")
-            return npages
+        return self.lock.run(self._free_span_locked, span, state)
+
+    def _free_span_locked(self, span: MSpan, state: SpanState) -> int:
+        self._check_open()
+        c = span.c
+        npages = int(c.npages)
+        if lib.ra_span_uninstall(self.h, c, state, c.base) != _OK:
+            raise InvalidArgumentError(f"{span!r} is not a live {state.name} span")
+        return npages
 
     def span_of(self, addr: int) -> MSpan | None:
         """The live span holding ``addr``, or None; O(1) (Go: spanOf)."""
@@ -243,13 +247,15 @@ class MHeap:
         """Release up to ``nbytes`` (all when None) of free pages to the OS,
         highest addresses first; with None also unused metadata.  Returns the
         bytes of pages released."""
-        with self.lock.held_by_none():
-            self._check_open()
-            limit = self.pages.npages_total * PAGE_SIZE if nbytes is None else nbytes
-            released = self.pages.scavenge(require_int("nbytes", limit))
-            if nbytes is None:
-                self._trim_metadata_locked()
-            return released
+        return self.lock.run(self._scavenge_locked, nbytes)
+
+    def _scavenge_locked(self, nbytes: int | None) -> int:
+        self._check_open()
+        limit = self.pages.npages_total * PAGE_SIZE if nbytes is None else nbytes
+        released = self.pages.scavenge(require_int("nbytes", limit))
+        if nbytes is None:
+            self._trim_metadata_locked()
+        return released
 
     def _trim_metadata_locked(self) -> int:
         """Give unused metadata back to the OS: empty record slabs, and the page
@@ -267,15 +273,17 @@ class MHeap:
     def scavenge_excess(self, retain_percent: int, max_bytes: int) -> int:
         """Release up to ``max_bytes`` of the free resident pages beyond
         ``retain_percent`` % of the in-use pages (Go: retainExtraPercent)."""
-        with self.lock.held_by_none():
-            if self.closed:
-                return 0
-            pages = self.pages
-            pages.sync()
-            resident_free = (pages.npages_free - pages.npages_scavenged) * PAGE_SIZE
-            inuse = int(self.h.counts.inuse_pages) * PAGE_SIZE
-            excess = resident_free - inuse * retain_percent // 100
-            return pages.scavenge(min(excess, max_bytes)) if excess > 0 else 0
+        return self.lock.run(self._scavenge_excess_locked, retain_percent, max_bytes)
+
+    def _scavenge_excess_locked(self, retain_percent: int, max_bytes: int) -> int:
+        if self.closed:
+            return 0
+        pages = self.pages
+        pages.sync()
+        resident_free = (pages.npages_free - pages.npages_scavenged) * PAGE_SIZE
+        inuse = int(self.h.counts.inuse_pages) * PAGE_SIZE
+        excess = resident_free - inuse * retain_percent // 100
+        return pages.scavenge(min(excess, max_bytes)) if excess > 0 else 0
 
     def metadata(self) -> HeapMetadata:
         """C memory held for metadata, by kind.  Bitmaps live inside span
@@ -341,25 +349,27 @@ class MHeap:
     def close(self) -> None:
         """Unmap every arena.  Idempotent and resumable; later calls of other
         methods raise HeapClosedError."""
-        with self.lock.held_by_none():
-            self.closed = True
-            if self._torn_down:
-                return
-            # Thread caches die with their threads later: they must not touch
-            # the span records unmapped here.  No cache leaves the list
-            # meanwhile: a thread's end releases its cache inside the heap,
-            # which refuses once closed (Heap.close).
-            c = self.h.caches
-            while c:
-                c.released = 1
-                c = c.next
-            self.h.caches = ffi.NULL
-            for arena in self.arenas:
-                ARENAS.remove(arena)
-            self.arenas = []
-            self.os.unmap_all()
-            self.meta_os.unmap_all()  # span records too: MSpan handles die with the heap
-            self._torn_down = True
+        self.lock.run(self._close_locked)
+
+    def _close_locked(self) -> None:
+        self.closed = True
+        if self._torn_down:
+            return
+        # Thread caches die with their threads later: they must not touch
+        # the span records unmapped here.  No cache leaves the list
+        # meanwhile: a thread's end releases its cache inside the heap,
+        # which refuses once closed (Heap.close).
+        c = self.h.caches
+        while c:
+            c.released = 1
+            c = c.next
+        self.h.caches = ffi.NULL
+        for arena in self.arenas:
+            ARENAS.remove(arena)
+        self.arenas = []
+        self.os.unmap_all()
+        self.meta_os.unmap_all()  # span records too: MSpan handles die with the heap
+        self._torn_down = True
 
     def _check_open(self) -> None:
         if self.closed:
@@ -370,51 +380,52 @@ class MHeap:
     def check(self) -> None:
         """Verify HEAP-1..3, FIX-*, OS-1 and every PageAlloc invariant; raise
         HeapCorruption naming the broken one."""
-        with self.lock.held_by_none():
-            self._check_open()
-            self.pages.check()
-            live = self.live_spans()
-            for span in live:
-                self._check_span_locked(span)
-            self.pools.check(len(live))
-            mapped = 0
-            for arena in self.arenas:
-                spans = arena.meta.spans
-                for page in range(PAGES_PER_ARENA):
-                    c = spans[page]
-                    if c == ffi.NULL:
-                        continue
-                    mapped += 1
-                    addr = arena.base + (page << PAGE_SHIFT)
-                    if c.state == SpanState.FREE or not c.base <= addr < c.base + (
-                        c.npages << PAGE_SHIFT
-                    ):
-                        raise HeapCorruption(f"HEAP-3: page {addr:#x} maps to a dead span")
-            inuse = sum(s.npages for s in live if s.state == SpanState.IN_USE)
-            manual = sum(s.npages for s in live if s.state == SpanState.MANUAL)
-            allocated = self.pages.npages_total - self.pages.npages_free
-            counts = self.h.counts
-            if mapped != inuse + manual or allocated != mapped:
-                raise HeapCorruption(
-                    f"HEAP-2: {allocated} pages allocated, {inuse + manual} in spans "
-                    f"({mapped} mapped)"
-                )
-            if (int(counts.inuse_pages), int(counts.manual_pages)) != (inuse, manual):
-                raise HeapCorruption(
-                    f"HEAP-2: counters say {int(counts.inuse_pages)} in-use and "
-                    f"{int(counts.manual_pages)} manual pages; spans {inuse} and {manual}"
-                )
-            os_stats = self.os.stats()
-            if (
-                not 0
-                <= self.pages.npages_scavenged * PAGE_SIZE
-                <= os_stats.ready
-                <= (os_stats.reserved)
-            ):
-                raise HeapCorruption(
-                    f"OS-1: released {self.pages.npages_scavenged * PAGE_SIZE}, "
-                    f"ready {os_stats.ready}, reserved {os_stats.reserved}"
-                )
+        self.lock.run(self._check_locked)
+
+    def _check_locked(self) -> None:
+        self._check_open()
+        self.pages.check()
+        live = self.live_spans()
+        for span in live:
+            self._check_span_locked(span)
+        self.pools.check(len(live))
+        mapped = 0
+        for arena in self.arenas:
+            spans = arena.meta.spans
+            for page in range(PAGES_PER_ARENA):
+                c = spans[page]
+                if c == ffi.NULL:
+                    continue
+                mapped += 1
+                addr = arena.base + (page << PAGE_SHIFT)
+                if c.state == SpanState.FREE or not c.base <= addr < c.base + (
+                    c.npages << PAGE_SHIFT
+                ):
+                    raise HeapCorruption(f"HEAP-3: page {addr:#x} maps to a dead span")
+        inuse = sum(s.npages for s in live if s.state == SpanState.IN_USE)
+        manual = sum(s.npages for s in live if s.state == SpanState.MANUAL)
+        allocated = self.pages.npages_total - self.pages.npages_free
+        counts = self.h.counts
+        if mapped != inuse + manual or allocated != mapped:
+            raise HeapCorruption(
+                f"HEAP-2: {allocated} pages allocated, {inuse + manual} in spans ({mapped} mapped)"
+            )
+        if (int(counts.inuse_pages), int(counts.manual_pages)) != (inuse, manual):
+            raise HeapCorruption(
+                f"HEAP-2: counters say {int(counts.inuse_pages)} in-use and "
+                f"{int(counts.manual_pages)} manual pages; spans {inuse} and {manual}"
+            )
+        os_stats = self.os.stats()
+        if (
+            not 0
+            <= self.pages.npages_scavenged * PAGE_SIZE
+            <= os_stats.ready
+            <= (os_stats.reserved)
+        ):
+            raise HeapCorruption(
+                f"OS-1: released {self.pages.npages_scavenged * PAGE_SIZE}, "
+                f"ready {os_stats.ready}, reserved {os_stats.reserved}"
+            )
 
     def _check_span_locked(self, span: MSpan) -> None:
         assert_lock_held(self.lock)

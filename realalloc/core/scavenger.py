@@ -23,7 +23,7 @@ thread and during interpreter finalization, where waiting could hang
 (realalloc/core/lifecycle.py).  In a forked child the thread does not
 exist: ``forget`` drops it and the next ``start`` makes a new one.
 
-Locking: a step runs inside the heap (``heap._guard``: close waits for it)
+Locking: a step runs inside the heap (``heap._inside``: close waits for it)
 and takes ``MHeap.lock`` through ``MHeap.scavenge_excess``.
 """
 
@@ -80,13 +80,7 @@ class BackgroundScavenger:
                 return
             released, spent = 0, 0.0
             try:
-                with heap._guard:
-                    # Sweeping is the heap's own deferred work (Go's background
-                    # sweeper), not scavenging: it does not count against the budget.
-                    heap.central.reclaim()  # emptied spans back to MHeap: their pages are free
-                    start = time.perf_counter()
-                    released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
-                    spent = time.perf_counter() - start
+                released, spent = heap._inside(_step, heap)
             except (ShimError, ReentrancyError):
                 # The OS refused: the pages stay resident and counted as such;
                 # try again after a pause.
@@ -108,3 +102,13 @@ class BackgroundScavenger:
             and not sys.is_finalizing()
         ):
             thread.join(timeout=10)
+
+
+def _step(heap: Heap) -> tuple[int, float]:
+    """One step, inside the heap: bytes released and seconds spent."""
+    # Sweeping is the heap's own deferred work (Go's background sweeper), not
+    # scavenging: it does not count against the budget.
+    heap.central.reclaim()  # emptied spans back to MHeap: their pages are free
+    start = time.perf_counter()
+    released = heap.mheap.scavenge_excess(RETAIN_EXTRA_PERCENT, STEP_BYTES)
+    return released, time.perf_counter() - start

@@ -56,7 +56,7 @@ nothing the caller passed is wrong, a package is missing.  The ``map``
 subcommand turns it into a usage error (exit 2) before building a heap, as
 it does a ``--png`` path that cannot be written (``MAP_EXIT_CODES``).
 
-Locking: ``page_map`` runs inside the heap (``with heap._guard``), so a
+Locking: ``page_map`` runs inside the heap (``heap._inside``), so a
 concurrent ``close`` waits for it and the arenas stay mapped.  It does not
 stop the world: pages that other threads change meanwhile may show the state
 before or after the change (each page's span and bits are read once).
@@ -328,10 +328,14 @@ def page_map(heap: Heap) -> PageMap:
 
     HeapClosedError when the heap is closed.  See the module docstring for the
     kinds and for what other threads' changes meanwhile do to the picture."""
-    with heap._guard:  # a concurrent close waits: the arenas stay mapped
-        arenas = sorted(heap.mheap.arenas, key=lambda a: a.base)
-        maps = tuple(_arena_map(a.base, a.meta) for a in arenas)
-        return PageMap(maps, heap.metadata_bytes())
+    # Inside the heap: a concurrent close waits, so the arenas stay mapped.
+    return heap._inside(_page_map_inside, heap)
+
+
+def _page_map_inside(heap: Heap) -> PageMap:
+    arenas = sorted(heap.mheap.arenas, key=lambda a: a.base)
+    maps = tuple(_arena_map(a.base, a.meta) for a in arenas)
+    return PageMap(maps, heap.metadata_bytes())
 
 
 # --- the picture ----------------------------------------------------------------------
