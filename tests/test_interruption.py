@@ -239,14 +239,14 @@ def test_interrupted_heap_life() -> None:
     tracer = Injector()
     free_slots = len(heap_module._free_slots)
     longest = 200
+    made: list[realalloc.Heap] = []
+
+    def life() -> None:
+        made.append(realalloc.Heap(background_scavenger=rng.random() < 0.5))
+        made[0].free(made[0].malloc(rng.choice(Workload.SIZES)))
+        made[0].close()
+
     for _ in range(300):
-        made: list[realalloc.Heap] = []
-
-        def life() -> None:
-            made.append(realalloc.Heap(background_scavenger=rng.random() < 0.5))
-            made[0].free(made[0].malloc(rng.choice(Workload.SIZES)))
-            made[0].close()
-
         try:
             lines = tracer.run(life, raise_at=rng.randint(1, longest))
             longest = max(longest, lines)

@@ -792,3 +792,26 @@ def test_memory_report_table_and_dict(heap):
     uss_line = next(line for line in str(no_uss).splitlines() if "USS" in line)
     assert uss_line.split()[-2:] == ["n/a", "n/a"]
     heap.check()
+
+
+def test_python_mallocs_counts_exactly_the_calls_that_left_c():
+    from realalloc.core.central import FIRST_BATCH_BYTES
+
+    with realalloc.Heap(zero=False) as heap:
+        assert heap.python_mallocs == 0
+        first = heap.malloc(64)  # the thread's first call makes its cache: Python
+        assert heap.python_mallocs == 1
+        span = heap.span_of(first)
+        assert span is not None
+        # The first batch of spans is FIRST_BATCH_BYTES of pages: its slots all
+        # come from C; the next slot needs a new batch, from Python.
+        batch_slots = FIRST_BATCH_BYTES // (span.npages * 8192) * span.nelems
+        live = [first] + [heap.malloc(64) for _ in range(batch_slots - 1)]
+        assert heap.python_mallocs == 1
+        live.append(heap.malloc(64))
+        assert heap.python_mallocs == 2
+        for n in range(1, 4):  # every large object is a span of its own, from Python
+            heap.free(heap.malloc(40_000))
+            assert heap.python_mallocs == 2 + n
+        for addr in live:
+            heap.free(addr)

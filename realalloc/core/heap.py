@@ -174,13 +174,20 @@ class Heap(_fast.HeapBase):
     hands out memory as C's malloc does (not cleared), ``Heap()`` as calloc.
     ``background_scavenger`` runs the thread that gives free pages back to
     the OS (realalloc/core/scavenger.py).
+
+    ``python_mallocs`` counts the malloc calls (and allocs) that ran Python
+    code, a slow path; the rest ran in C alone.  Counted without a lock:
+    exact on one thread, close on many.
     """
+
+    python_mallocs: int
 
     def __init__(self, *, zero: bool = True, background_scavenger: bool = True) -> None:
         for name, flag in (("zero", zero), ("background_scavenger", background_scavenger)):
             if not isinstance(flag, bool):
                 raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
         self._zero = zero
+        self.python_mallocs = 0
         self._slot: int | None = _fast.locked(_slots_lock, _take_slot)
         try:
             self.mheap = MHeap()
@@ -224,6 +231,7 @@ class Heap(_fast.HeapBase):
 
     def _malloc_slow(self, *args: object, **kwargs: object) -> int:
         """malloc when the fast path could not: see the module docstring."""
+        self.python_mallocs += 1
         size, scan, zero = _malloc_arguments(args, kwargs, self._zero)
         noscan = not scan
         if size > MAX_SMALL_SIZE:
@@ -242,10 +250,15 @@ class Heap(_fast.HeapBase):
             if addr:
                 return addr
             if lib.ra_cache_refill(h, cache.c, spc) == _NEED_SPANS:
-                self._grow_central(spc)
+                self._bring_spans(spc)
         raise HeapCorruption(f"CACHE-1: span class {spc} has no free slot after refills")
 
     def _grow_central(self, spc: int) -> None:
+        """The fast path found no span with room in class ``spc``."""
+        self.python_mallocs += 1
+        self._bring_spans(spc)
+
+    def _bring_spans(self, spc: int) -> None:
         """Span class ``spc`` has no span with room: bring a batch."""
         if self._scavenger is not None:
             self._scavenger.start()  # a no-op unless a fork or a first growth needs it
