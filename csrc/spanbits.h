@@ -185,10 +185,11 @@ static inline size_t ra_usable(ra_heap *h, uintptr_t addr) {
     return !(st >> inner & 1) ? 0 : end ? (uint32_t)__builtin_ctz(end) - 15 - inner : 16 - inner;
 }
 
-/* The span class a small request of `size` bytes needs from the cache:
- * noscan sizes below 16 are tiny pieces; size 0 takes the smallest class. */
+/* The span class of a request of `size` bytes: noscan sizes below 16 are
+ * tiny pieces; size 0 takes the smallest class; large ones class 0. */
 static inline uint32_t ra_class_for(size_t size, int noscan) {
     if (noscan && size < RA_TINY_SIZE) return RA_TINY_SPAN_CLASS;
+    if (size > RA_MAX_SMALL_SIZE) return noscan ? 1u : 0u; /* folds away after a size test */
     uint32_t sc = size <= RA_SMALL_SIZE_MAX ? ra_size_to_class8[(size + 7) >> 3]
                                             : ra_size_to_class128[(size - RA_SMALL_SIZE_MAX + 127) >> 7];
     return (sc ? sc : 1) << 1 | (noscan ? 1u : 0u);

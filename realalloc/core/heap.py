@@ -90,7 +90,6 @@ from .sizeclasses import (
     PAGE_SIZE,
     TINY_SIZE,
     TINY_SPAN_CLASS,
-    size_to_class,
     tiny_align,
 )
 from .span import SpanInfo, SpanState, tiny_states
@@ -285,15 +284,11 @@ class Heap(_fast.HeapBase):
         obj = self._inside(locate, self.mheap, where, "realloc")
         c = obj.span.c
         noscan = bool(c.spanclass & 1)
-        if c.spanclass < 2:
-            fits = size > MAX_SMALL_SIZE and -(-size // PAGE_SIZE) == c.npages
-        elif obj.piece >= 0:  # the piece must also be aligned as Go aligns that size
-            fits = (
-                noscan and size < TINY_SIZE and size <= obj.extent and where % tiny_align(size) == 0
-            )
+        spc = lib.ra_span_class_for(size, noscan)  # the fast path's own rule
+        if obj.piece >= 0:  # the piece must also be aligned as Go aligns that size
+            fits = spc == c.spanclass and size <= obj.extent and where % tiny_align(size) == 0
         else:
-            tiny = noscan and size < TINY_SIZE
-            fits = not tiny and size <= MAX_SMALL_SIZE and size_to_class(size) == c.spanclass >> 1
+            fits = spc == c.spanclass and (spc >= 2 or -(-size // PAGE_SIZE) == c.npages)
         if fits:
             return where
         new = self.malloc(size, scan=not noscan)
