@@ -300,7 +300,7 @@ class Heap(_fast.HeapBase):
         # One line, so no line of ours runs between the free and the return
         # (interrupted there, the caller would own neither object).  free
         # returns None.
-        return self.free(where) or new
+        return self.free(where) or new  # type: ignore[func-returns-value]
 
     def usable_size(self, addr: int) -> int:
         """Bytes usable at ``addr``: Go's roundupsize of the request for small
