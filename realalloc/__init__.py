@@ -24,33 +24,37 @@ Layers
     Python caller: heap.malloc(size) / heap.free(addr) / heap.alloc(size) -> Buffer
           |
           v
-    +-----------+   C, no lock (csrc/fastpath.c + spanbits.h): this    heap.py
-    | fast path |   thread's cached span of the size's span class:     cache.py
-    |  MCache   |   next free slot by count-trailing-zeros over
-    +-----------+   alloc_cache; tiny pieces; free = one atomic bit.
-          | miss: Heap._malloc_slow -> MCache.refill (Python)
+    +-----------+   C, no lock (csrc/fastpath.c, spanbits.h): this   core/heap.py
+    | fast path |   thread's cache (a thread-local slot per heap) ->  core/cache.py
+    |  MCache   |   its span of the span class -> next free slot
+    +-----------+   (count-trailing-zeros over alloc_cache); tiny
+          |         pieces.  Free: plain stores when this thread's
+          |         cache holds the span, else one atomic bit.
+          | the cached span is full: refill, still C
           v
-    +-----------+   one per span class: partial and full span lists,  central.py
-    | MCentral  |   a lock-free dirty stack of spans that got frees;
-    +-----------+   sweeps them, releases empty ones.  MCentral.lock.
-          | needs a span (and large objects directly)
+    +-----------+   C, one lock per span class (csrc/central.h):     core/central.py
+    | central   |   partial (a queue) / full / empty lists and a      (the numbers)
+    |  lists    |   lock-free dirty stack of spans that got frees;
+    +-----------+   a refill sweeps, files and pops a span with room.
+          | the class has no span with room: Heap._grow_central (Python)
           v
-    +-----------+   spans = runs of pages; records in C slabs;        mheap.py
-    |  MHeap    |   per-thread 64-page PageCache for small requests.   span.py
-    +-----------+   MHeap.lock.                                        fixalloc.py
-          | npages                            ^ free pages
+    +-----------+   Python decides, C installs: a batch of spans in   core/mheap.py
+    |  MHeap    |   one lock, one search, one C call; large objects   core/limit.py
+    +-----------+   (> 32 KiB) each get a span.  MHeap.lock.          core/fixalloc.py
+          | npages                            ^ freed pages (C marks them)
           v                                   |
-    +-----------+   bitmaps per 4 MiB chunk + radix tree of           pagealloc.py
-    | PageAlloc |   (start, max, end) summaries: first fit in the     pallocbits.py
-    +-----------+   same time for 64 MB or 64 GB of heap; scavenged   pagecache.py
-          | grow by whole arenas              bits.
+    +-----------+   page bits per 4 MiB chunk in C; Python keeps the  core/pagealloc.py
+    | PageAlloc |   radix tree of (start, max, end) summaries, made   core/pallocbits.py
+    +-----------+   fresh from C's dirty chunks before each search:
+          |         first fit costs the same for 64 MB or 64 GB.
+          | grow by whole arenas
           v
-    +-----------+   64 MiB regions; page -> span map and page-in-use  arena.py
+    +-----------+   64 MiB regions; page -> span map and page-in-use  core/arena.py
     | HeapArena |   bits in C memory; a two-level index finds the
     +-----------+   arena of any address in O(1).
           |
           v
-    +-----------+   reserve / commit / release / unmap, fault         osmem.py
+    +-----------+   reserve / commit / release / unmap, fault         core/osmem.py
     |  OS shim  |   injection; errno -> ShimError in one place.       csrc/shim.c
     +-----------+
 
@@ -63,36 +67,73 @@ Memory layout of one arena and one small-object span::
 
     span A, class 6 (64 B), 128 slots:
     | obj 0 | obj 1 | obj 2 | ... | obj 127 |
-    alloc_bits 1 1 0 1 ...   free_bits (pending frees)   free_index, alloc_cache
+    record (C pool slab): base, npages, spanclass, counts, list links, then
+    inline: alloc_bits 1 1 0 1 ...   free_bits (pending frees)   [tiny states]
+
+The C/Python line
+=================
+C does mechanics, Python decides.  C holds no policy: every number it
+follows (batch sizes, the empty spans a class keeps, the memory limit) is
+set by Python.  Each C call does all of its job or none of it, never calls
+Python or raises, and takes its locks (a central's, then the page lock)
+inside the call only; a multi-step change (install a span: take its pages,
+a record, map the pages to it; retire one) is one call.  Python owns the
+page heap, PageAlloc's summaries, arenas, growth, scavenging, the memory
+limit, every error and message, and ``check()``.  The fast path leaves C
+for Python only when a class has no span with room (then Python brings a
+batch, so that happens once per batch), for large objects, for a thread's
+first call, and for every error (``Heap.python_mallocs`` counts the
+mallocs that did).  csrc/shim.h declares the interface once: C includes it,
+cffi reads it, and realalloc/_fast.pyi types the CPython half.
+
+Interruption and re-entry
+=========================
+A KeyboardInterrupt, or any exception a signal handler or trace function
+raises, can arrive at any line of this package's Python code; a finalizer
+or signal handler can call back into the heap.  So: every Python-level lock,
+entering the heap and stopping the world are pairs of C steps around a
+Python call (``_fast.locked``, ``Heap._inside``, ``Heap._alone``), never a
+``with`` whose exit an exception can skip; between them each change is one
+C call, or Python state derived from C and rebuilt when stale, or a step
+that can run again.  A call that re-enters the page heap on the thread that
+is inside it raises ReentrancyError (frees never need Python, so a
+finalizer's free always works).  fork and exit: core/lifecycle.py.
 
 One allocation: malloc(size, scan=False)
 ========================================
-1. C: size -> size class (two lookup tables) -> span class (class << 1 |
-   noscan).  Noscan sizes below 16 B are tiny pieces packed into this
-   thread's 16-byte block (Go's alignment rules).
-2. C: this thread's MCache (a thread-local slot tagged with the heap's
-   generation) -> its span of that class -> next free slot.  Zeroed only if
-   the span's pages may hold old data (Go's needzero).  Done: no Python ran.
-3. Miss: ``Heap._malloc_slow`` -> ``MCache.refill``: sweep the span if frees
-   arrived, else hand it to its MCentral and take a span with room: swept
-   from the dirty stack, from ``partial``, or fresh from MHeap.
-4. MHeap: below 16 pages from this thread's PageCache; else PageAlloc's
-   first fit; nothing fits: grow by whole arenas (reserve + commit through
-   the shim, add to the arena index and to PageAlloc as free and released).
-5. Objects over 32 KiB skip 1-3: a span of their own, page aligned.
+1. C: size -> span class (two lookup tables; class << 1 | noscan).  Noscan
+   sizes below 16 B are tiny pieces packed into this thread's 16-byte block
+   (Go's alignment rules).
+2. C: this thread's MCache -> its span of that class -> next free slot.
+   Zeroed only if the span's pages may hold old data (Go's needzero).
+3. C refill: the full span goes to its central list (or is swept first if
+   frees arrived); the cache takes the oldest partial span, else sweeps
+   dirty spans, else takes an empty one: a span with any room (Go's rule).
+4. None: Python brings a batch of fresh spans (``MHeap.grow_central``):
+   admission under the memory limit, PageAlloc's first fit (growing by whole
+   arenas when nothing fits), then one C call installs them all.
+5. Objects over 32 KiB skip 1-4: a span of their own, page aligned, from
+   Python.
 
-Free runs the other way: address -> arena (two-level index) -> span ->
-slot (multiply-shift divide) -> one atomic bit in ``free_bits``.  The slot
-is reusable after the next sweep; a span left with no object goes back to
-MHeap, whose free pages coalesce and can be released to the OS (RSS drops).
+Free runs the other way, in C: address -> arena (two-level index) -> span
+-> slot (multiply-shift divide).  The calling thread's own cached span
+takes plain stores; any other span one atomic bit in ``free_bits`` and, on
+its first pending free, a push on its class's dirty stack.  A span left
+with no object goes to its class's empty list; beyond the class's budget C
+returns it to the page heap, whose free pages coalesce and can be released
+to the OS (RSS drops).  A large object's pages go back at once.
 
 Around the allocator
 ====================
-stats.py       MemStats (Go's runtime.MemStats fields) from per-thread counters,
-               and MemoryReport (the allocator's view beside RSS/USS, rss.py).
-scavenger.py   the background scavenger: keeps free resident pages within 10%
-               of in-use pages, releasing the rest with MADV_DONTNEED.
-stress.py      ``python -m realalloc stress``: verified multi-threaded churn.
+core/stats.py      MemStats (Go's runtime.MemStats fields) from per-thread
+                   counters, and MemoryReport (beside RSS/USS, core/rss.py).
+core/scavenger.py  the background scavenger: keeps free resident pages within
+                   10% of in-use pages, releasing the rest (MADV_DONTNEED).
+core/lifecycle.py  fork (at-fork handlers) and interpreter exit.
+designs/           the seed's other designs (free list, segregated lists,
+                   tcmalloc), run beside Go's for comparison.
+tools/             the stress and compare commands, workloads, the heap map.
+integrations/      tracemalloc (tracing.py) and numpy's data allocator.
 
 Debugging: ``REALALLOC_DEBUG=0..3`` grades internal checks (realalloc/_debug.py).
 """
