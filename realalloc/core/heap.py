@@ -38,18 +38,10 @@ Locking: the fast path and the central hand-off take only C locks, each
 inside one C call.  Python methods that touch heap memory run inside the
 heap (``self._inside(fn, ...)``); the page heap takes ``MHeap.lock``.
 
-Interruption: a KeyboardInterrupt, or any exception a signal handler or
-trace function raises, may arrive at any line of this package's Python
-code.  Entering and leaving the heap, stopping and starting the world, and
-taking and releasing every lock are therefore pairs of C steps around a
-Python call (``_inside``, ``_alone``, ``_fast.locked``), never a ``with``
-or ``try/finally``, whose exit an exception can skip.  Between those steps
-each change is one C call, or Python state that is derived from C and
-rebuilt when found stale (realalloc/core/pagealloc.py), or a step that can
-run again (growth, close).  A call that re-enters the page heap on the same
-thread (a finalizer or signal handler that allocates a large object while
-the thread is inside it) gets ReentrancyError; frees never need Python.
-tests/test_interruption.py injects both at random lines.
+Interruption and re-entry (realalloc/__init__.py): ``_inside`` and
+``_alone`` are C around a Python call, so no exception can skip the exit;
+tests/test_interruption.py injects exceptions and re-entrant calls at
+random lines.
 """
 
 from __future__ import annotations
