@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register_heap", "register_mheap", "unregister_heap"]
 
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
 _heaps: weakref.WeakSet[Heap] = weakref.WeakSet()
 _mheaps: weakref.WeakSet[MHeap] = weakref.WeakSet()
 _stopped: list[Heap] = []  # heaps whose world the fork stopped
