@@ -2,9 +2,12 @@
 
 Every (workload, allocator) run is a subprocess of its own, with the
 runner's environment plus ``REALALLOC_DEBUG=0``; peers other than glibc run
-with ``LD_PRELOAD`` set to their library (see workloads/common.py).  Runs are
-interleaved: for each repetition, for each workload, every allocator once
-(A, B, C, ..., then again), so drift in machine speed hits all of them.
+with ``LD_PRELOAD`` set to their library (see workloads/common.py, which
+also says how each allocator is called: realalloc as ``Heap(zero=False)``,
+the peers' ``malloc`` through a C-API module with realalloc's calling
+convention; ``realalloc-zero`` and ``glibc-cffi`` are context rows).  Runs
+are interleaved: for each repetition, for each workload, every allocator
+once (A, B, C, ..., then again), so drift in machine speed hits all of them.
 
 The subprocess first pins itself to one CPU (``--cpu``, default the last
 one; a preloaded allocator has already initialised, seeing every CPU).
@@ -20,12 +23,15 @@ taken during ``execute``.
 
 Reported per (workload, allocator): the median wall time over repetitions,
 its ratio to glibc's median, the median peak RSS and the median RSS at the
-start.  The runner checks that every run freed what it allocated and made the
-same number of malloc calls as glibc's run of the same workload.
+start; for realalloc, the share of its mallocs that ran Python code
+(``Heap.python_mallocs`` / the workload's malloc calls).  Then each target
+(realalloc / glibc <= 1.5, Python share <= 1 %) as met or NOT met.  The
+runner checks that every run freed what it allocated and made the same
+number of malloc calls as glibc's run of the same workload.
 
 Usage, from the repository root (after ``pip install -e .``)::
 
-    python bench/workloads/run.py                    # 5 repetitions, about 3 minutes
+    python bench/workloads/run.py                    # 5 repetitions, about 4 minutes
     python bench/workloads/run.py --quick            # 1 repetition at 1/5 size
     python bench/workloads/run.py --json out.json --workloads larson,large
 """
@@ -52,6 +58,10 @@ from realalloc.tools import workloads as drivers  # noqa: E402  (the drivers: in
 from workloads import common  # noqa: E402  (after the path is set)
 
 WORKLOADS = ("larson", "mstress", "xmalloc-test", "alloc-test", "large")
+TARGET_RATIO = 1.5
+"""realalloc (``Heap(zero=False)``) / glibc, every workload, from the issue."""
+TARGET_PYTHON_PCT = 1.0
+"""realalloc's mallocs that ran Python code, % of its mallocs, every workload."""
 MARK = "RESULT "
 SEED = 20240601
 
@@ -62,7 +72,8 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
         os.sched_setaffinity(0, {cpu})
     mod = drivers.load(workload)
     plan = mod.prepare(scale, seed)
-    alloc = common.load_allocator(allocator)
+    loaded = common.load_allocator(allocator)
+    alloc, heap = loaded.allocator, loaded.heap
     mem = common.memory()
     gc.collect()
     gc.disable()
@@ -74,7 +85,6 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
     faults = common.minor_faults() - faults0
     peak = common.peak_rss_mib()
     gc.enable()
-    alloc.close()
     out = {
         "workload": workload,
         "allocator": allocator,
@@ -86,6 +96,9 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
         "minor_faults": faults,
         **counts,
     }
+    if heap is not None:
+        out["python_mallocs"] = heap.python_mallocs
+    alloc.close()
     print(MARK + json.dumps(out), flush=True)
 
 
@@ -93,8 +106,9 @@ def spawn(workload: str, allocator: str, scale: float, cpu: int, timeout: float)
     env = dict(os.environ)
     env["REALALLOC_DEBUG"] = "0"
     env.pop("LD_PRELOAD", None)
-    if allocator in common.PRELOAD:
-        env["LD_PRELOAD"] = common.preload_path(allocator) or ""
+    preload = common.preload_path(allocator)
+    if preload:
+        env["LD_PRELOAD"] = preload
     env["PYTHONPATH"] = os.pathsep.join(
         [str(common.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
@@ -175,26 +189,56 @@ def summarize(
                     "mallocs": good[0]["mallocs"],
                 }
             )
+            if "python_mallocs" in good[0]:
+                rows[-1]["python_pct"] = statistics.median(
+                    100 * r["python_mallocs"] / r["mallocs"] for r in good
+                )
     return rows, problems
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| workload | allocator | median s | ratio to glibc | peak RSS MiB | RSS at start MiB |",
-        "|----------|-----------|---------:|---------------:|-------------:|-----------------:|",
+        "| workload | allocator | median s | ratio to glibc | peak RSS MiB | RSS at start MiB "
+        "| mallocs running Python |",
+        "|----------|-----------|---------:|---------------:|-------------:|-----------------:"
+        "|-----------------------:|",
     ]
     for r in rows:
         if not r["runs"]:
-            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | |")
+            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | | |")
             continue
         ratio = f"{r['ratio_glibc']:.2f}" if r["ratio_glibc"] is not None else "n/a"
-        if r["allocator"].startswith("realalloc"):
+        if r["allocator"] == "realalloc":
             ratio = f"**{ratio}**"
+        python = f"{r['python_pct']:.3f} %" if "python_pct" in r else ""
         out.append(
             f"| {r['workload']} | {r['allocator']} | {r['seconds']:.3f} | {ratio} | "
-            f"{fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['rss_start_mib'])} |"
+            f"{fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['rss_start_mib'])} | {python} |"
         )
     return "\n".join(out)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets for the realalloc row of each workload: met or not."""
+    out = []
+    for r in rows:
+        if r["allocator"] != "realalloc" or not r["runs"]:
+            continue
+        for what, value, target in (
+            ("realalloc / glibc", r["ratio_glibc"], TARGET_RATIO),
+            ("realalloc mallocs running Python, %", r.get("python_pct"), TARGET_PYTHON_PCT),
+        ):
+            if value is not None:
+                out.append(
+                    {
+                        "workload": r["workload"],
+                        "what": what,
+                        "value": value,
+                        "target": target,
+                        "met": value <= target,
+                    }
+                )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Build the helper modules once, here, so no run compiles (or races to).
     common.build_helpers()
+    revision = common.peers.git_revision()  # before the run: the checkout may change meanwhile
 
     print(
         f"{len(workloads)} workloads x {len(allocators)} allocators x {reps} repetitions, "
-        f"scale {scale:g}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"scale {scale:g}; realalloc at {revision}, Python {platform.python_version()}, "
+        f"{common.peers.cpu_model()}, {os.cpu_count()} CPUs, "
         + (f"runs pinned to CPU {args.cpu}" if args.cpu >= 0 else "runs not pinned"),
         flush=True,
     )
@@ -256,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                     done = f"FAILED: {res['error']}"
                 else:
                     done = f"{res['seconds']:.3f} s, peak {res['peak_rss_mib']:.1f} MiB"
-                print(f"  rep {rep + 1}/{reps}  {w:<12} {a:<9} {done}", file=sys.stderr, flush=True)
+                line = f"  rep {rep + 1}/{reps}  {w:<12} {a:<14} {done}"
+                print(line, file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t_start
 
     rows, problems = summarize(runs, workloads, allocators)
@@ -265,10 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     print()
     print(f"Versions: {', '.join(versions)}.  Total {elapsed:.0f} s.")
+    checks = verdicts(rows)
+    for v in checks:
+        verdict = "met" if v["met"] else "NOT met"
+        print(f"{v['workload']}: {v['what']} {v['value']:.3f} (target <= {v['target']}: {verdict})")
     for p in problems:
         print(f"PROBLEM: {p}")
     if args.json:
         meta = {
+            "revision": revision,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "reps": reps,
@@ -277,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": args.cpu,
             "elapsed_s": elapsed,
         }
-        doc = {"meta": meta, "table": rows, "runs": runs, "problems": problems}
+        doc = {"meta": meta, "table": rows, "verdicts": checks, "runs": runs, "problems": problems}
         pathlib.Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 1 if problems else 0
 
