@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from realalloc.core.pagealloc import PageAlloc
-from realalloc.core.pallocbits import PAGE_SHIFT, PAGE_SIZE
+from realalloc.core.sizeclasses import PAGE_SHIFT, PAGE_SIZE
 
 HEAP_BASE = 0xC000000000
 """Go's first arena hint on linux/amd64; aligned to a 16 GiB root entry."""
