@@ -16,14 +16,17 @@ is a context switch there, not a wake-up on another CPU that may be busy,
 which makes multi-threaded runs much less erratic on a shared machine.  Then
 the workload draws its random choices (same seed for every allocator), the
 allocator is loaded, the cyclic GC is switched off, and only ``execute`` is
-timed (``time.perf_counter``).  Peak RSS is the process's ``ru_maxrss``
-after the run, interpreter and drawn plan included, so the RSS at the start
-of ``execute`` is reported as well; the JSON also has the minor page faults
-taken during ``execute``.
+timed, in CPU time of the process (``time.process_time``: every thread, user
+and system) and in wall time (``time.perf_counter``).  Pinned to one CPU, the
+two agree on an idle machine; on a shared one the wall time also counts the
+time other processes held the CPU, so the ratios and targets use CPU time.
+Peak RSS is the process's ``ru_maxrss`` after the run, interpreter and drawn
+plan included, so the RSS at the start of ``execute`` is reported as well;
+the JSON also has the minor page faults taken during ``execute``.
 
-Reported per (workload, allocator): the median wall time over repetitions,
-its ratio to glibc's median, the median peak RSS and the median RSS at the
-start; for realalloc, the share of its mallocs that ran Python code
+Reported per (workload, allocator): the median CPU and wall times over
+repetitions, their ratios to glibc's medians, the median peak RSS and the
+median RSS at the start; for realalloc, the share of its mallocs that ran Python code
 (``Heap.python_mallocs`` / the workload's malloc calls).  Then each target
 (realalloc / glibc <= 1.5, Python share <= 1 %) as met or NOT met.  The
 runner checks that every run freed what it allocated and made the same
@@ -31,7 +34,7 @@ number of malloc calls as glibc's run of the same workload.
 
 Usage, from the repository root (after ``pip install -e .``)::
 
-    python bench/workloads/run.py                    # 5 repetitions, about 4 minutes
+    python bench/workloads/run.py                    # 7 repetitions, about 5 minutes
     python bench/workloads/run.py --quick            # 1 repetition at 1/5 size
     python bench/workloads/run.py --json out.json --workloads larson,large
 """
@@ -79,9 +82,10 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
     gc.disable()
     rss0, peak0 = common.rss_mib(), common.peak_rss_mib()
     faults0 = common.minor_faults()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     counts = mod.execute(alloc, mem, plan)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
     faults = common.minor_faults() - faults0
     peak = common.peak_rss_mib()
     gc.enable()
@@ -90,6 +94,7 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
         "allocator": allocator,
         "version": alloc.version,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_rss_mib": peak,
         "rss_start_mib": rss0,
         "peak_rss_start_mib": peak0,
@@ -152,7 +157,9 @@ def summarize(
                 by[r["allocator"]].append(r)
         ok = {a: [r for r in rs if "error" not in r] for a, rs in by.items()}
         ref_mallocs = {r["mallocs"] for r in ok.get("glibc", [])}
-        base = statistics.median(r["seconds"] for r in ok["glibc"]) if ok.get("glibc") else None
+        ref = ok.get("glibc")
+        base = statistics.median(r["seconds"] for r in ref) if ref else None
+        base_cpu = statistics.median(r["cpu_seconds"] for r in ref) if ref else None
         for a in allocators:
             found: dict[str, int] = {}  # problem -> number of runs with it
             for r in by[a]:
@@ -172,6 +179,7 @@ def summarize(
                 rows.append({"workload": w, "allocator": a, "runs": 0, "failed": len(by[a])})
                 continue
             secs = statistics.median(r["seconds"] for r in good)
+            cpu = statistics.median(r["cpu_seconds"] for r in good)
             rows.append(
                 {
                     "workload": w,
@@ -183,6 +191,8 @@ def summarize(
                     "seconds_min": min(r["seconds"] for r in good),
                     "seconds_max": max(r["seconds"] for r in good),
                     "ratio_glibc": secs / base if base else None,
+                    "cpu_seconds": cpu,
+                    "ratio_glibc_cpu": cpu / base_cpu if base_cpu else None,
                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in good),
                     "rss_start_mib": statistics.median(r["rss_start_mib"] for r in good),
                     "minor_faults": statistics.median(r["minor_faults"] for r in good),
@@ -198,22 +208,25 @@ def summarize(
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| workload | allocator | median s | ratio to glibc | peak RSS MiB | RSS at start MiB "
-        "| mallocs running Python |",
-        "|----------|-----------|---------:|---------------:|-------------:|-----------------:"
-        "|-----------------------:|",
+        "| workload | allocator | median CPU s | ratio to glibc (CPU) | median wall s "
+        "| ratio to glibc (wall) | peak RSS MiB | RSS at start MiB | mallocs running Python |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if not r["runs"]:
-            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | | |")
+            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | | | | |")
             continue
-        ratio = f"{r['ratio_glibc']:.2f}" if r["ratio_glibc"] is not None else "n/a"
+        cpu, wall = (
+            f"{r[key]:.2f}" if r[key] is not None else "n/a"
+            for key in ("ratio_glibc_cpu", "ratio_glibc")
+        )
         if r["allocator"] == "realalloc":
-            ratio = f"**{ratio}**"
+            cpu = f"**{cpu}**"
         python = f"{r['python_pct']:.3f} %" if "python_pct" in r else ""
         out.append(
-            f"| {r['workload']} | {r['allocator']} | {r['seconds']:.3f} | {ratio} | "
-            f"{fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['rss_start_mib'])} | {python} |"
+            f"| {r['workload']} | {r['allocator']} | {r['cpu_seconds']:.3f} | {cpu} | "
+            f"{r['seconds']:.3f} | {wall} | {fmt_mib(r['peak_rss_mib'])} | "
+            f"{fmt_mib(r['rss_start_mib'])} | {python} |"
         )
     return "\n".join(out)
 
@@ -225,7 +238,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["allocator"] != "realalloc" or not r["runs"]:
             continue
         for what, value, target in (
-            ("realalloc / glibc", r["ratio_glibc"], TARGET_RATIO),
+            ("realalloc / glibc (CPU time)", r["ratio_glibc_cpu"], TARGET_RATIO),
             ("realalloc mallocs running Python, %", r.get("python_pct"), TARGET_PYTHON_PCT),
         ):
             if value is not None:
@@ -244,7 +257,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 repetition at 1/5 size")
-    ap.add_argument("--reps", type=int, help="repetitions (default 5; 1 with --quick)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 7; 1 with --quick)")
     ap.add_argument("--scale", type=float, help="work per run (default 1; 0.2 with --quick)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     ap.add_argument("--allocators", default=",".join(common.ALLOCATORS), help="comma-separated")
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child[0], args.child[1], scale, args.seed, args.cpu)
         return 0
 
-    reps = args.reps if args.reps is not None else (1 if args.quick else 5)
+    reps = args.reps if args.reps is not None else (1 if args.quick else 7)
     workloads = [w for w in args.workloads.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
