@@ -25,8 +25,10 @@ plan included, so the RSS at the start of ``execute`` is reported as well;
 the JSON also has the minor page faults taken during ``execute``.
 
 Reported per (workload, allocator): the median CPU and wall times over
-repetitions, their ratios to glibc's medians, the median peak RSS and the
-median RSS at the start; for realalloc, the share of its mallocs that ran Python code
+repetitions, their ratios to glibc's medians (and, in the target lines, the
+median and quartiles of the per-repetition ratios realalloc / glibc of CPU
+time, runs of one repetition being close in time), the median peak RSS and
+the median RSS at the start; for realalloc, the share of its mallocs that ran Python code
 (``Heap.python_mallocs`` / the workload's malloc calls).  Then each target
 (realalloc / glibc <= 1.5, Python share <= 1 %) as met or NOT met.  The
 runner checks that every run freed what it allocated and made the same
@@ -34,7 +36,7 @@ number of malloc calls as glibc's run of the same workload.
 
 Usage, from the repository root (after ``pip install -e .``)::
 
-    python bench/workloads/run.py                    # 7 repetitions, about 5 minutes
+    python bench/workloads/run.py                    # 15 repetitions, about 8 minutes
     python bench/workloads/run.py --quick            # 1 repetition at 1/5 size
     python bench/workloads/run.py --json out.json --workloads larson,large
 """
@@ -160,6 +162,7 @@ def summarize(
         ref = ok.get("glibc")
         base = statistics.median(r["seconds"] for r in ref) if ref else None
         base_cpu = statistics.median(r["cpu_seconds"] for r in ref) if ref else None
+        ref_by_rep = {r["rep"]: r["cpu_seconds"] for r in ref or []}
         for a in allocators:
             found: dict[str, int] = {}  # problem -> number of runs with it
             for r in by[a]:
@@ -199,6 +202,12 @@ def summarize(
                     "mallocs": good[0]["mallocs"],
                 }
             )
+            paired = [
+                r["cpu_seconds"] / ref_by_rep[r["rep"]] for r in good if r["rep"] in ref_by_rep
+            ]
+            if len(paired) > 1:
+                q1, q2, q3 = statistics.quantiles(paired, n=4)
+                rows[-1]["paired_cpu_quartiles"] = [q1, q2, q3]
             if "python_mallocs" in good[0]:
                 rows[-1]["python_pct"] = statistics.median(
                     100 * r["python_mallocs"] / r["mallocs"] for r in good
@@ -251,13 +260,15 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "met": value <= target,
                     }
                 )
+                if what.endswith("(CPU time)") and "paired_cpu_quartiles" in r:
+                    out[-1]["paired_quartiles"] = r["paired_cpu_quartiles"]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 repetition at 1/5 size")
-    ap.add_argument("--reps", type=int, help="repetitions (default 7; 1 with --quick)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 15; 1 with --quick)")
     ap.add_argument("--scale", type=float, help="work per run (default 1; 0.2 with --quick)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     ap.add_argument("--allocators", default=",".join(common.ALLOCATORS), help="comma-separated")
@@ -274,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child[0], args.child[1], scale, args.seed, args.cpu)
         return 0
 
-    reps = args.reps if args.reps is not None else (1 if args.quick else 7)
+    reps = args.reps if args.reps is not None else (1 if args.quick else 15)
     workloads = [w for w in args.workloads.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -328,7 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     checks = verdicts(rows)
     for v in checks:
         verdict = "met" if v["met"] else "NOT met"
-        print(f"{v['workload']}: {v['what']} {v['value']:.3f} (target <= {v['target']}: {verdict})")
+        spread = ""
+        if "paired_quartiles" in v:
+            q1, q2, q3 = v["paired_quartiles"]
+            spread = f"; per repetition: median {q2:.2f}, quartiles {q1:.2f}-{q3:.2f}"
+        print(
+            f"{v['workload']}: {v['what']} {v['value']:.3f} "
+            f"(target <= {v['target']}: {verdict}{spread})"
+        )
     for p in problems:
         print(f"PROBLEM: {p}")
     if args.json:
