@@ -36,7 +36,7 @@ number of malloc calls as glibc's run of the same workload.
 
 Usage, from the repository root (after ``pip install -e .``)::
 
-    python bench/workloads/run.py                    # 15 repetitions, about 8 minutes
+    python bench/workloads/run.py                    # 15 repetitions, 8-13 minutes here
     python bench/workloads/run.py --quick            # 1 repetition at 1/5 size
     python bench/workloads/run.py --json out.json --workloads larson,large
 """
