@@ -378,15 +378,13 @@ def summarize(sessions: list[dict[str, Any]], peer_names: list[str]) -> dict[str
     verdicts = []
     for (w, num, den), target in TARGETS.items():
         cell = ratios.get(f"{num} / {den}", {}).get(w)
-        if cell is not None:
-            verdicts.append(
-                {
-                    "what": f"{w}: {num} / {den}",
-                    "value": cell["ratio"],
-                    "wall": cell["wall_ratio"],
-                    "target": target,
-                }
-            )
+        what = f"{w}: {num} / {den}"
+        if cell is None:  # the peer was skipped
+            verdicts.append({"what": what, "value": None, "target": target, "met": None})
+            continue
+        verdicts.append(
+            {"what": what, "value": cell["ratio"], "wall": cell["wall_ratio"], "target": target}
+        )
     for w in PYTHON_SHARE_TARGETED:
         pct = python[RA][w]["timed_pct"]
         verdicts.append(
@@ -397,7 +395,8 @@ def summarize(sessions: list[dict[str, Any]], peer_names: list[str]) -> dict[str
             }
         )
     for v in verdicts:
-        v["met"] = v["value"] <= v["target"]
+        if v["value"] is not None:
+            v["met"] = v["value"] <= v["target"]
     return {"ns": ns, "ratios": ratios, "python": python, "verdicts": verdicts}
 
 
@@ -445,6 +444,9 @@ def report(
         print(line)
     print()
     for v in summary["verdicts"]:
+        if v["value"] is None:
+            print(f"{v['what']}: not measured (target <= {v['target']})")
+            continue
         verdict = "met" if v["met"] else "NOT met"
         wall = f"; wall time {v['wall']:.3f}" if "wall" in v else ""
         print(f"{v['what']}: {v['value']:.3f} (target <= {v['target']}: {verdict}{wall})")
