@@ -49,7 +49,7 @@ __all__ = ["LARGE_KEPT", "CentralPolicy", "reclaim"]
 
 FIRST_BATCH_BYTES: Final = 64 << 10
 MAX_BATCH_BYTES: Final = 1 << 20
-LARGE_KEPT: Final = 8
+LARGE_KEPT: Final = 16
 
 _LISTS: Final = (
     ("partial", lib.RA_LIST_PARTIAL),
