@@ -104,6 +104,17 @@ _NEED_SPANS: Final = lib.RA_NEED_SPANS
 _ADDR_MAX: Final = (1 << 64) - 1
 _gens = itertools.count(1)
 _slots_lock = threading.Lock()
+
+
+def _new_slots_lock() -> None:
+    """In a forked child: the thread that held the slot lock at the fork (in
+    Heap() or close()) is not there, so the lock would stay held for good.
+    At worst that thread's slot is lost to the child."""
+    global _slots_lock
+    _slots_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_slots_lock)
 _free_slots = list(range(MAX_HEAPS - 1, -1, -1))
 
 

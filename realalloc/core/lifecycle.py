@@ -15,6 +15,10 @@ then release them; the child also:
 * forgets the background scavenger's thread, which is not in the child, so
   that the next growth starts a new one.
 
+The two locks it does not take, the heap-slot lock (Heap() and close) and
+the default heap's, are made anew in the child instead (core/heap.py,
+realalloc/__init__.py): a thread holding one at the fork is not there.
+
 C locks need nothing: they are never held while Python runs, and the
 forking thread is running Python.  ``fork`` from inside a heap call (a
 signal handler that forks) cannot stop that heap's world; it is skipped,
