@@ -328,8 +328,12 @@ class Heap(_fast.HeapBase):
         return None if span is None else span.info()
 
     def stats(self) -> MemStats:
-        """Go's runtime.MemStats for this heap, from counters (no heap walk)."""
-        return self._inside(collect, self.mheap)
+        """Go's runtime.MemStats for this heap, from counters (no heap walk).
+        Read under MHeap.lock, so the page numbers are of one moment: a growth
+        on another thread maps an arena before its pages count as released,
+        and in between heap_idle - heap_released would be 64 MiB too high."""
+        st: MemStats = self._inside(self.mheap.lock.run, collect, self.mheap)
+        return st
 
     def spans(self) -> Iterator[SpanInfo]:
         """Every live span, walked now (a full picture; stats() is the cheap one)."""
