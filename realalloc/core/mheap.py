@@ -307,11 +307,14 @@ class MHeap:
         )
 
     def retained_locked(self) -> int:
-        """Bytes that may be resident: heap pages not released, plus metadata."""
+        """Bytes that may be resident: heap pages not released, plus metadata.
+        A page map released by scavenge counts as resident: a span installed
+        in its arena brings it back (C writes it) without asking the limit."""
         assert_lock_held(self.lock)
         pages = self.pages
         resident = (pages.npages_total - pages.npages_scavenged) * PAGE_SIZE
-        return resident + self.metadata().total + self.extra_metadata()
+        maps = sum(_PAGE_MAP_BYTES for a in self.arenas if a.meta.maps_released)
+        return resident + self.metadata().total + maps + self.extra_metadata()
 
     # -- growth ---------------------------------------------------------------
 
