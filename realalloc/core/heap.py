@@ -393,6 +393,8 @@ class Heap(_fast.HeapBase):
         go back to the heap when cffi frees them."""
         if not isinstance(zero, bool):
             raise ArgumentTypeError(f"zero must be a bool, not {type(zero).__name__}")
+        if self.closed:  # as every method of a closed heap (its allocations would refuse)
+            raise HeapClosedError("the heap is closed")
         new_allocator = getattr(ffi, "new_allocator", None)
         if new_allocator is None:
             raise ArgumentTypeError(f"ffi must be a cffi FFI, not {type(ffi).__name__}")
