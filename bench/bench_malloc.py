@@ -1,22 +1,22 @@
 """malloc/free pairs from Python: realalloc.Heap against glibc, mimalloc and tcmalloc.
 
-Every allocator runs the *same* Python loop; only the two callables differ:
-``m`` (malloc: size -> int address) and ``f`` (free: address -> None).
-realalloc's are the C methods ``Heap.malloc`` / ``Heap.free``.  Each peer comes
-in two flavours built by bench/peers.py with the same compiler flags as
-realalloc's C code, both returning the address as an int:
+Every allocator runs the *same* Python loop; only the two callables differ,
+passed in as arguments, so the loop calls locals: ``m`` (malloc: size -> int
+address) and ``f`` (free: address -> None).
 
-* ``cffi``: cffi API-mode functions ``uintptr_t g_malloc(size_t)`` /
-  ``void g_free(uintptr_t)``: the issue's reference.  cffi releases the GIL
-  and saves errno around every call, which costs more than the allocator.
-* ``capi``: a CPython extension with ``malloc`` (METH_FASTCALL|METH_KEYWORDS)
-  and ``free`` (METH_O) converting arguments as csrc/fastpath.c does: the
-  calling convention of ``Heap.malloc`` / ``Heap.free``, so the difference is
-  the allocator.
-
-Context rows in the realalloc process: glibc through cffi with ``void *``
-results (cdata), glibc ``calloc`` (zeroed, as realalloc's ``malloc`` returns by
-default), and no-op C functions in both flavours (the cost of the calls alone).
+* realalloc: the C methods ``Heap.malloc`` / ``Heap.free`` of two heaps, one
+  ``Heap(zero=False)`` (malloc hands out memory uncleared, as C's malloc:
+  compared with the peers' ``malloc``) and one ``Heap()`` (``zero=True``,
+  memory cleared as calloc does: compared with the peers' ``calloc(1, n)``).
+* Each peer (glibc, mimalloc, tcmalloc) in two flavours built by
+  bench/peers.py with the same compiler flags as realalloc's C code:
+  ``capi``, a CPython extension with realalloc's calling convention and
+  argument conversions (METH_FASTCALL ``malloc`` / ``calloc``, METH_O
+  ``free``; the like-for-like comparison, which the targets use), and
+  ``cffi`` (API mode, ``uintptr_t`` in and out; the GIL is released around
+  every call), reported beside it.  Each flavour has a malloc row and a
+  calloc row.
+* Context: no-op C functions in both flavours (the cost of the calls alone).
 
 Workloads (sequences pre-generated from one seed, identical for every allocator):
 
@@ -29,17 +29,23 @@ Workloads (sequences pre-generated from one seed, identical for every allocator)
 * ``mixed-small``: the same, each class weighted by 1/size, so small objects
   dominate as in real programs (30 % are 8 B, 72 % are <= 64 B, mean 161 B).
 
-Processes: realalloc and glibc run interleaved (rounds A, B, A, B, ...) in one
-subprocess; mimalloc and tcmalloc each run in a subprocess of their own beside
-glibc, again interleaved, so every ratio to glibc is measured within one process.
-Subprocess runs alternate (realalloc, mimalloc, tcmalloc, realalloc, ...).
-Reported: the median over rounds of ns per pair, and allocator / glibc (both
-flavours).
-A last subprocess measures allocator metadata for 1,000,000 live 64-byte
-objects: ``Heap.metadata_bytes()`` / 64,000,000 bytes in use.
+Every allocator runs in one process: peers call their library's prefixed
+entry points from modules loaded RTLD_LOCAL, so the interpreter stays on
+glibc (checked at start).  Rounds are interleaved (A, B, C, ..., A, B, C,
+...); round 0 warms up and is not timed.  Rounds are timed in CPU time of
+the process (``time.process_time_ns``, every thread) and in wall time; on a
+shared machine wall time also counts other processes' turns on the CPU, so
+the ratios use CPU time (wall-time ratios are printed beside the targets).
+A ratio A / B is the median over rounds of A's time over B's in the same
+round, pooled over all sessions (subprocesses; each draws the same
+sequences).  Reported too: the share of realalloc's mallocs that ran Python
+code (``Heap.python_mallocs``) in the timed rounds.  A last subprocess
+measures allocator metadata for 1,000,000 live 64-byte objects in a
+``Heap()``: ``Heap.metadata_bytes()`` / 64,000,000 bytes in use.
 
 Run from the repository root: ``python bench/bench_malloc.py [--quick] [--json FILE]``
-(after ``pip install -e .``).  REALALLOC_DEBUG is forced to 0.  See bench/README.md.
+(after ``pip install -e .``; pin it with ``taskset -c 1`` on a shared machine).
+REALALLOC_DEBUG is forced to 0.  See bench/README.md.
 """
 
 from __future__ import annotations
@@ -66,9 +72,31 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers
 
 WORKLOADS = ("fixed64", "mixed-uniform", "mixed-small")
-TARGETS = {"fixed64": 1.2, "mixed-uniform": 2.0}
-"""realalloc / glibc, from the issue.  mixed-small is reported, not targeted."""
-METADATA_TARGET_PCT = 2.0
+RA = "realalloc"
+"""``Heap(zero=False)``: malloc does not clear memory, as C's malloc."""
+RA_ZERO = "realalloc zero"
+"""``Heap()`` (zero=True): malloc clears memory, as calloc."""
+REF = "glibc capi"
+"""The reference of the ratio column of the table."""
+
+
+def row(peer: str, flavour: str, zeroing: bool = False) -> str:
+    """Name of the row of ``peer``'s malloc (calloc if ``zeroing``) through ``flavour``."""
+    return f"{peer} {flavour}" + (" calloc" if zeroing else "")
+
+
+TARGETS: dict[tuple[str, str, str], float] = {
+    ("fixed64", RA, row("glibc", "capi")): 1.1,
+    ("fixed64", RA, row("mimalloc", "capi")): 1.2,
+    ("fixed64", RA, row("tcmalloc", "capi")): 1.2,
+    ("mixed-uniform", RA, row("glibc", "capi")): 1.5,
+    ("mixed-small", RA, row("glibc", "capi")): 1.2,
+}
+"""(workload, numerator, denominator) -> the issue's bound on the ratio."""
+PYTHON_SHARE_TARGET_PCT = 1.0
+"""Bound on the share of realalloc's mallocs that run Python, in the mixed runs."""
+PYTHON_SHARE_TARGETED = ("mixed-uniform", "mixed-small")
+METADATA_TARGET_PCT = 1.6
 LIVE = 10_000
 OBJ = 64
 
@@ -101,129 +129,147 @@ class Alloc:
     name: str
     m: Callable[..., Any]
     f: Callable[[Any], Any]
+    heap: Any = None
+    """The realalloc heap behind ``m`` and ``f`` (for ``python_mallocs``), or None."""
 
 
-REF_CFFI = "glibc cffi"
-"""The issue's reference: glibc malloc/free through cffi API mode, uintptr_t."""
-REF_CAPI = "glibc capi"
-"""glibc through a CPython-API module: the calling convention of Heap.malloc/free."""
+def comparisons(peer_names: list[str]) -> list[tuple[str, str]]:
+    """(numerator, denominator) rows of the ratio table, like for like first."""
+    names = ["glibc", *peer_names]
+    return [
+        *((RA, row(p, "capi")) for p in names),
+        *((RA_ZERO, row(p, "capi", True)) for p in names),
+        *((RA, row(p, "cffi")) for p in names),
+        *((RA_ZERO, row(p, "cffi", True)) for p in names),
+    ]
 
 
 # ---------------------------------------------------------------- worker side
 
 
-def worker_allocators(kind: str) -> tuple[list[Alloc], Callable[[], None]]:
-    """The allocators measured in a worker of ``kind``, in round order.
+def worker_allocators(peer_names: list[str]) -> tuple[list[Alloc], Callable[[], None]]:
+    """Every allocator measured, in round order: two fresh heaps, then the peers.
 
-    A realalloc worker gets a fresh Heap each call; the returned callable closes it.
+    The returned callable closes the heaps.
     """
-    g = peers.load("glibc")
-    gc_ = peers.load("glibc", "capi")
-    refs = [Alloc(REF_CFFI, g.g_malloc, g.g_free), Alloc(REF_CAPI, gc_.malloc, gc_.free)]
-    if kind == "realalloc":
-        import realalloc
+    import realalloc
 
-        heap = realalloc.Heap()
-        extras = [
-            Alloc("glibc cffi void*", g.malloc, g.free),
-            Alloc("glibc cffi calloc", g.g_calloc, g.g_free),
-            Alloc("no-op cffi", g.g_nop_malloc, g.g_nop_free),
-            Alloc("no-op capi", gc_.nop_malloc, gc_.nop_free),
-        ]
-        return [Alloc("realalloc", heap.malloc, heap.free), *refs, *extras], heap.close
-    lib = peers.load(kind)
-    mod = peers.load(kind, "capi")
-    if lib is None or mod is None:
-        raise FileNotFoundError(peers.missing(kind))
-    mine = [
-        Alloc(f"{kind} cffi", lib.g_malloc, lib.g_free),
-        Alloc(f"{kind} capi", mod.malloc, mod.free),
+    plain, zeroing = realalloc.Heap(zero=False), realalloc.Heap()
+    allocs = [
+        Alloc(RA, plain.malloc, plain.free, plain),
+        Alloc(RA_ZERO, zeroing.malloc, zeroing.free, zeroing),
     ]
-    return [mine[0], refs[0], mine[1], refs[1]], lambda: None
+    for name in ["glibc", *peer_names]:
+        mod, lib = peers.load(name, "capi"), peers.load(name)
+        allocs += [
+            Alloc(row(name, "capi"), mod.malloc, mod.free),
+            Alloc(row(name, "capi", True), mod.calloc, mod.free),
+            Alloc(row(name, "cffi"), lib.g_malloc, lib.g_free),
+            Alloc(row(name, "cffi", True), lib.g_calloc, lib.g_free),
+        ]
+    mod, lib = peers.load("glibc", "capi"), peers.load("glibc")
+    allocs += [
+        Alloc("no-op capi", mod.nop_malloc, mod.nop_free),
+        Alloc("no-op cffi", lib.g_nop_malloc, lib.g_nop_free),
+    ]
+
+    def close() -> None:
+        plain.close()
+        zeroing.close()
+
+    return allocs, close
 
 
-def check_isolation(kind: str) -> str:
-    """Peers own what g_malloc returns, and the interpreter still runs on glibc."""
-    if kind == "realalloc":
-        return "ok"
+def check_isolation(peer_names: list[str]) -> str:
+    """Each peer owns what its malloc returns and nothing else; the interpreter runs on glibc."""
     import ctypes
 
-    lib = peers.load(kind)
-    glibc = peers.load("glibc")
-    mine = lib.g_malloc(64)
-    theirs = glibc.g_malloc(64)
+    glibc = peers.load("glibc", "capi")
     buf = bytearray(100_000)  # PyMem_Malloc -> the process malloc
     pybuf = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
     problems = []
-    if not lib.g_owns(mine):
-        problems.append(f"{kind} does not own its own allocation")
-    if lib.g_owns(theirs):
-        problems.append(f"{kind} owns glibc's allocation")
-    if lib.g_owns(pybuf):
-        problems.append(f"{kind} serves the interpreter's malloc")
-    lib.g_free(mine)
-    glibc.g_free(theirs)
+    for name in peer_names:
+        mod = peers.load(name, "capi")
+        mine, theirs = mod.malloc(64), glibc.malloc(64)
+        if not mod.owns(mine):
+            problems.append(f"{name} does not own its own allocation")
+        if mod.owns(theirs):
+            problems.append(f"{name} owns glibc's allocation")
+        if mod.owns(pybuf):
+            problems.append(f"{name} serves the interpreter's malloc")
+        mod.free(mine)
+        glibc.free(theirs)
     return "; ".join(problems) or "ok"
 
 
 def run_worker(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = [int(s) for s in args.class_sizes.split(",")]
-    out: dict[str, Any] = {"worker": args.worker, "rounds": {}, "pairs": {}}
-    out["isolation"] = check_isolation(args.worker)
-    if args.worker == "realalloc":
-        from realalloc import _debug
+    from realalloc import _debug
 
-        out["realalloc_debug"] = _debug.DEBUG
+    peer_names = [p for p in args.peers.split(",") if p]
+    sizes = [int(s) for s in args.class_sizes.split(",")]
+    out: dict[str, Any] = {"rounds": {}, "wall": {}, "python_mallocs": {}, "pairs": {}}
+    out["all_mallocs"] = {}
+    out["isolation"] = check_isolation(peer_names)
+    out["realalloc_debug"] = _debug.DEBUG
     rng = random.Random(args.seed)
-    total = {
-        "fixed64": args.fixed_pairs * (args.rounds + 1),
-        "mixed-uniform": args.mixed_pairs * (args.rounds + 1),
-        "mixed-small": args.mixed_pairs * (args.rounds + 1),
-    }
     for workload in WORKLOADS:
         n = args.fixed_pairs if workload == "fixed64" else args.mixed_pairs
+        total = n * (args.rounds + 1)
         out["pairs"][workload] = n
-        allocs, close = worker_allocators(args.worker)
+        allocs, close = worker_allocators(peer_names)
         loops = {a.name: fresh_loops() for a in allocs}
         lives: dict[str, list[Any]] = {}
-        if workload == "fixed64":
-            data: tuple[Any, ...] = ()
-        else:
+        size_seq: list[int] = []
+        k_seq: list[int] = []
+        if workload != "fixed64":
             weights = None if workload == "mixed-uniform" else [1 / s for s in sizes]
-            size_seq = rng.choices(sizes, weights, k=total[workload])
-            idx = list(range(args.live))
-            k_seq = rng.choices(idx, k=total[workload])
+            size_seq = rng.choices(sizes, weights, k=total)
+            k_seq = rng.choices(range(args.live), k=total)
             init = rng.choices(sizes, weights, k=args.live)
             for a in allocs:
                 lives[a.name] = [a.m(s) for s in init]
-            data = (size_seq, k_seq)
         times: dict[str, list[float]] = {a.name: [] for a in allocs}
+        walls: dict[str, list[float]] = {a.name: [] for a in allocs}
+        python: dict[str, int] = {a.name: 0 for a in allocs if a.heap is not None}
+        clock, wall = time.process_time_ns, time.perf_counter_ns
         gc.collect()
         gc.disable()
         try:
             for r in range(args.rounds + 1):  # round 0 warms up, untimed
                 start, stop = r * n, (r + 1) * n
                 for a in allocs:
-                    clock = time.perf_counter_ns
+                    before = a.heap.python_mallocs if a.heap is not None else 0
                     if workload == "fixed64":
                         loop = loops[a.name]["fixed"]
-                        t0 = clock()
+                        w0, t0 = wall(), clock()
                         loop(a.m, a.f, OBJ, start, stop)
-                        t1 = clock()
+                        t1, w1 = clock(), wall()
                     else:
                         loop = loops[a.name]["mixed"]
-                        t0 = clock()
-                        loop(a.m, a.f, data[0], data[1], lives[a.name], start, stop)
-                        t1 = clock()
+                        live = lives[a.name]
+                        w0, t0 = wall(), clock()
+                        loop(a.m, a.f, size_seq, k_seq, live, start, stop)
+                        t1, w1 = clock(), wall()
                     if r:
                         times[a.name].append((t1 - t0) / n)
+                        walls[a.name].append((w1 - w0) / n)
+                        if a.heap is not None:
+                            python[a.name] += a.heap.python_mallocs - before
         finally:
             gc.enable()
         for a in allocs:
             for p in lives.get(a.name, ()):
                 a.f(p)
+        # python_mallocs over every malloc the heap served (live set, warm-up included)
+        out["all_mallocs"][workload] = {
+            a.name: [a.heap.python_mallocs, a.heap.stats().mallocs]
+            for a in allocs
+            if a.heap is not None
+        }
         close()
         out["rounds"][workload] = times
+        out["wall"][workload] = walls
+        out["python_mallocs"][workload] = python
     return out
 
 
@@ -232,21 +278,15 @@ def run_metadata(args: argparse.Namespace) -> dict[str, Any]:
     from realalloc import _debug
 
     heap = realalloc.Heap()
-    out: dict[str, Any] = {"objects": args.metadata_objects, "object_size": OBJ}
+    out: dict[str, Any] = {"objects": args.metadata_objects, "object_size": OBJ, "heap": "Heap()"}
     out["realalloc_debug"] = _debug.DEBUG
-    has = hasattr(heap, "metadata_bytes")
-    out["metadata_before"] = heap.metadata_bytes() if has else None
+    out["metadata_before"] = heap.metadata_bytes()
     m = heap.malloc
     addrs = [m(OBJ) for _ in range(args.metadata_objects)]
     out["distinct"] = len(set(addrs))
-    if has:
-        md = heap.metadata_bytes()
-        out["metadata_bytes"] = md
-        out["percent"] = 100.0 * md / (args.metadata_objects * OBJ)
-    else:
-        out["metadata_bytes"] = None
-        out["percent"] = None
-        out["error"] = "realalloc.Heap has no metadata_bytes()"
+    md = heap.metadata_bytes()
+    out["metadata_bytes"] = md
+    out["percent"] = 100.0 * md / (args.metadata_objects * OBJ)
     f = heap.free
     for a in addrs:
         f(a)
@@ -261,28 +301,10 @@ def spawn(args: argparse.Namespace, worker: str, class_sizes: str) -> dict[str, 
     """Run one worker subprocess; its result, or {"error": ...}."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         path = tmp.name
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        worker,
-        "--worker-out",
-        path,
-        "--rounds",
-        str(args.rounds),
-        "--fixed-pairs",
-        str(args.fixed_pairs),
-        "--mixed-pairs",
-        str(args.mixed_pairs),
-        "--live",
-        str(args.live),
-        "--seed",
-        str(args.seed),
-        "--metadata-objects",
-        str(args.metadata_objects),
-        "--class-sizes",
-        class_sizes,
-    ]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker, "--worker-out", path]
+    for flag in ("rounds", "fixed_pairs", "mixed_pairs", "live", "seed", "metadata_objects"):
+        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    cmd += ["--peers", args.peers, "--class-sizes", class_sizes]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         if proc.returncode != 0:
@@ -299,6 +321,19 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def paired(
+    sessions: list[dict[str, Any]], workload: str, a: str, b: str, clock: str = "rounds"
+) -> list[float]:
+    """a / b of every round, of every session (both ran in the same round of one process).
+
+    ``clock``: "rounds" for CPU time, "wall" for wall time."""
+    return [
+        x / y
+        for s in sessions
+        for x, y in zip(s[clock][workload][a], s[clock][workload][b], strict=True)
+    ]
+
+
 def realalloc_status() -> str | None:
     """Why realalloc.Heap cannot be benchmarked, or None."""
     code = "import realalloc; h = realalloc.Heap(); a = h.malloc(64); h.free(a); h.close()"
@@ -309,11 +344,119 @@ def realalloc_status() -> str | None:
     return None
 
 
+def summarize(sessions: list[dict[str, Any]], peer_names: list[str]) -> dict[str, Any]:
+    """Medians, ratios, python shares and verdicts of the sessions."""
+    names = list(sessions[0]["rounds"][WORKLOADS[0]])
+    ns = {
+        a: {
+            w: round(median([t for s in sessions for t in s["rounds"][w][a]]), 1) for w in WORKLOADS
+        }
+        for a in names
+    }
+    ratios: dict[str, dict[str, Any]] = {}
+    for num, den in [(a, REF) for a in names] + comparisons(peer_names):
+        cells = ratios.setdefault(f"{num} / {den}", {})
+        for w in WORKLOADS:
+            per_session = [median(paired([s], w, num, den)) for s in sessions]
+            cells[w] = {
+                "ratio": round(median(paired(sessions, w, num, den)), 3),
+                "sessions": [round(x, 3) for x in per_session],
+                "wall_ratio": round(median(paired(sessions, w, num, den, "wall")), 3),
+            }
+    python: dict[str, dict[str, Any]] = {}
+    for a in (RA, RA_ZERO):
+        for w in WORKLOADS:
+            timed = sum(s["python_mallocs"][w][a] for s in sessions)
+            calls = sum(s["pairs"][w] * len(s["rounds"][w][a]) for s in sessions)
+            ran, served = (sum(s["all_mallocs"][w][a][i] for s in sessions) for i in (0, 1))
+            python.setdefault(a, {})[w] = {
+                "timed_pct": round(100 * timed / calls, 4),
+                "timed_python_mallocs": timed,
+                "timed_mallocs": calls,
+                "all_pct": round(100 * ran / served, 4),
+            }
+    verdicts = []
+    for (w, num, den), target in TARGETS.items():
+        cell = ratios.get(f"{num} / {den}", {}).get(w)
+        what = f"{w}: {num} / {den}"
+        if cell is None:  # the peer was skipped
+            verdicts.append({"what": what, "value": None, "target": target, "met": None})
+            continue
+        verdicts.append(
+            {"what": what, "value": cell["ratio"], "wall": cell["wall_ratio"], "target": target}
+        )
+    for w in PYTHON_SHARE_TARGETED:
+        pct = python[RA][w]["timed_pct"]
+        verdicts.append(
+            {
+                "what": f"{w}: {RA} mallocs running Python, %",
+                "value": pct,
+                "target": PYTHON_SHARE_TARGET_PCT,
+            }
+        )
+    for v in verdicts:
+        if v["value"] is not None:
+            v["met"] = v["value"] <= v["target"]
+    return {"ns": ns, "ratios": ratios, "python": python, "verdicts": verdicts}
+
+
+def report(
+    summary: dict[str, Any], args: argparse.Namespace, revision: str, peer_names: list[str]
+) -> None:
+    nrounds = args.sessions * args.rounds
+    print()
+    print(
+        f"malloc/free pairs from Python: median of {nrounds} rounds ({args.sessions} processes; "
+        f"{args.fixed_pairs} pairs/round fixed64, {args.mixed_pairs} mixed, live set {args.live})"
+    )
+    print(f"realalloc at {revision}, Python {platform.python_version()}, {peers.cpu_model()}")
+    print(f"CPU ns per pair, and / {REF} (median of the per-round ratios of CPU time)")
+    head1 = f"{'allocator':<24}"
+    for w in WORKLOADS:
+        head1 += f" {w:>14} {'/' + REF:>11}"
+    print(head1)
+    for a, by_w in summary["ns"].items():
+        line = f"{a:<24}"
+        for w in WORKLOADS:
+            ratio = summary["ratios"][f"{a} / {REF}"][w]["ratio"]
+            line += f" {by_w[w]:>14.1f} {ratio:>11.3f}"
+        print(line)
+
+    def spread(xs: list[float]) -> str:
+        return f"{min(xs):.2f}-{max(xs):.2f}" if len(xs) > 1 else ""
+
+    print()
+    print("ratios of CPU time (in brackets the range of the per-process medians)")
+    print(f"{'':<44}" + "".join(f" {w:>24}" for w in WORKLOADS))
+    for num, den in comparisons(peer_names):
+        line = f"{num + ' / ' + den:<44}"
+        for w in WORKLOADS:
+            c = summary["ratios"][f"{num} / {den}"][w]
+            target = TARGETS.get((w, num, den))
+            mark = f" <={target}" if target else ""
+            line += f" {c['ratio']:>7.3f} [{spread(c['sessions']):>9}]{mark:>6}"
+        print(line)
+    for a in (RA, RA_ZERO):
+        line = f"{a + ': mallocs running Python %':<44}"
+        for w in WORKLOADS:
+            p = summary["python"][a][w]
+            line += f" {p['timed_pct']:>7.3f} (all {p['all_pct']:>7.3f}) "
+        print(line)
+    print()
+    for v in summary["verdicts"]:
+        if v["value"] is None:
+            print(f"{v['what']}: not measured (target <= {v['target']})")
+            continue
+        verdict = "met" if v["met"] else "NOT met"
+        wall = f"; wall time {v['wall']:.3f}" if "wall" in v else ""
+        print(f"{v['what']}: {v['value']:.3f} (target <= {v['target']}: {verdict}{wall})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1 session of 5 short rounds (about 10 s)")
-    ap.add_argument("--sessions", type=int, default=5, help="subprocess runs per allocator")
-    ap.add_argument("--rounds", type=int, default=30, help="rounds per allocator per session")
+    ap.add_argument("--quick", action="store_true", help="1 session of 5 short rounds")
+    ap.add_argument("--sessions", type=int, default=10, help="worker processes, one after another")
+    ap.add_argument("--rounds", type=int, default=20, help="timed rounds per allocator per session")
     ap.add_argument("--fixed-pairs", type=int, default=50_000, help="pairs per fixed64 round")
     ap.add_argument("--mixed-pairs", type=int, default=20_000, help="pairs per mixed round")
     ap.add_argument("--live", type=int, default=LIVE, help="live objects in the mixed workloads")
@@ -337,163 +480,74 @@ def main(argv: list[str] | None = None) -> int:
         args.fixed_pairs, args.mixed_pairs = 20_000, 10_000
 
     revision = peers.git_revision()  # before the run: the checkout may change meanwhile
+    why = realalloc_status()
+    if why:
+        print(f"realalloc cannot run: {why}")
+        return 1
     from realalloc.core.sizeclasses import CLASS_TO_SIZE
 
     class_sizes = ",".join(str(s) for s in CLASS_TO_SIZE[1:])
-
-    workers: list[str] = []
-    skipped: dict[str, str] = {}
-    why = realalloc_status()
-    if why:
-        skipped["realalloc"] = why
-    else:
-        workers.append("realalloc")
+    peer_names: list[str] = []
     for name in [p for p in args.peers.split(",") if p]:
         why = (
             peers.missing(name)
             if name in peers.PEERS
             else f"unknown peer (known: {', '.join(peers.PEERS)})"
         )
-        if why:
-            skipped[name] = why
+        if why or name == "glibc":
+            print(f"skip {name}: {why or 'glibc is always measured'}")
             continue
-        for flavour in peers.FLAVOURS:  # once, before the workers race to import it
+        peer_names.append(name)
+    args.peers = ",".join(peer_names)
+    for name in ["glibc", *peer_names]:  # once, before the workers race to import them
+        for flavour in peers.FLAVOURS:
             peers.build(name, flavour)
-        workers.append(name)
-    for flavour in peers.FLAVOURS:
-        peers.build("glibc", flavour)
-    for name, why in skipped.items():
-        print(f"skip {name}: {why}")
-    if not workers:
-        return 1
 
-    # results[worker][allocator][workload] = ns/pair of every round, all sessions
-    results: dict[str, dict[str, dict[str, list[float]]]] = {}
-    per_session: dict[str, list[dict[str, Any]]] = {w: [] for w in workers}
+    sessions: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     for session in range(args.sessions):
-        for w in workers:
-            if w in errors:
-                continue
-            print(f"session {session + 1}/{args.sessions}: {w} + glibc ...", flush=True)
-            res = spawn(args, w, class_sizes)
-            if "error" in res:
-                errors[w] = res["error"]
-                print(f"  {w} worker failed: {res['error']}")
-                continue
-            if res["isolation"] != "ok":
-                print(f"  warning: {w}: {res['isolation']}")
-            if res.get("realalloc_debug", 0) != 0:
-                print(f"  warning: realalloc ran at REALALLOC_DEBUG={res['realalloc_debug']}")
-            per_session[w].append(res)
-            for workload, by_alloc in res["rounds"].items():
-                for alloc, ts in by_alloc.items():
-                    slot = results.setdefault(w, {}).setdefault(alloc, {})
-                    slot.setdefault(workload, []).extend(ts)
+        print(f"session {session + 1}/{args.sessions} ...", flush=True)
+        res = spawn(args, "bench", class_sizes)
+        if "error" in res:
+            errors[f"session {session + 1}"] = res["error"]
+            print(f"  worker failed: {res['error']}")
+            continue
+        if res["isolation"] != "ok":
+            errors[f"session {session + 1}"] = f"isolation: {res['isolation']}"
+            print(f"  isolation failed: {res['isolation']}")
+            continue
+        if res["realalloc_debug"] != 0:
+            print(f"  warning: realalloc ran at REALALLOC_DEBUG={res['realalloc_debug']}")
+        sessions.append(res)
 
-    metadata: dict[str, Any] | None = None
-    if "realalloc" in workers and "realalloc" not in errors:
-        print(f"metadata: {args.metadata_objects} live {OBJ}-byte objects ...", flush=True)
-        metadata = spawn(args, "metadata", class_sizes)
-
-    # --------------------------------------------------------------- report
-    # summary[worker][allocator][workload]: median ns/pair over all its rounds and
-    # its ratios to both glibc flavours of the same processes, pooled and per session.
-    summary: dict[str, Any] = {}
-    for w, by_alloc in results.items():
-        for alloc, by_workload in by_alloc.items():
-            cells = {}
-            for workload in WORKLOADS:
-                ts = by_workload[workload]
-                cell: dict[str, Any] = {"ns": round(median(ts), 1), "rounds": len(ts)}
-                for key, ref in (("cffi", REF_CFFI), ("capi", REF_CAPI)):
-                    cell[f"ratio_{key}"] = round(median(ts) / median(by_alloc[ref][workload]), 3)
-                    sess = [
-                        median(res["rounds"][workload][alloc])
-                        / median(res["rounds"][workload][ref])
-                        for res in per_session[w]
-                    ]
-                    cell[f"sessions_{key}"] = [round(x, 3) for x in sess]
-                cells[workload] = cell
-            summary.setdefault(w, {})[alloc] = cells
-
-    nrounds = args.sessions * args.rounds
-    print()
-    print(
-        f"malloc/free pairs from Python: ns per pair, median of {nrounds} rounds "
-        f"({args.fixed_pairs} pairs/round fixed64, {args.mixed_pairs} mixed, live set {args.live})"
-    )
-    print(f"realalloc at {revision}, Python {platform.python_version()}, {peers.cpu_model()}")
-    print(
-        "/cffi, /capi = allocator / glibc through cffi (the issue's reference) or through "
-        "the C API (Heap.malloc's calling convention), measured in the same processes"
-    )
-    head1 = f"{'':<18} {'':<10}"
-    head2 = f"{'allocator':<18} {'process':<10}"
-    for workload in WORKLOADS:
-        head1 += f" {workload:^21}"
-        head2 += f" {'ns':>7} {'/cffi':>6} {'/capi':>6}"
-    print(head1)
-    print(head2)
-    for w, by_alloc in summary.items():
-        for alloc, cells in by_alloc.items():
-            line = f"{alloc:<18} {w:<10}"
-            for workload in WORKLOADS:
-                c = cells[workload]
-                line += f" {c['ns']:>7.1f} {c['ratio_cffi']:>6.3f} {c['ratio_capi']:>6.3f}"
-            print(line)
-
-    def spread(xs: list[float]) -> str:
-        return f"[sessions {min(xs):.2f}-{max(xs):.2f}]" if len(xs) > 1 else ""
-
-    verdicts: dict[str, Any] = {}
-    if "realalloc" in summary:
-        ra = summary["realalloc"]["realalloc"]
-        print()
-        for workload in WORKLOADS:
-            c = ra[workload]
-            target = TARGETS.get(workload)
-            tail = ""
-            if target is not None:
-                ok = c["ratio_cffi"] <= target
-                verdicts[workload] = {"ratio": c["ratio_cffi"], "target": target, "met": ok}
-                tail = f" (target <= {target}: {'met' if ok else 'NOT met'})"
-            print(
-                f"realalloc / glibc cffi {workload:<14} {c['ratio_cffi']:.3f}{tail} "
-                f"{spread(c['sessions_cffi'])}"
-            )
-        for workload in WORKLOADS:
-            c = ra[workload]
-            cross = []
-            for p in summary:
-                if p != "realalloc":
-                    pr = summary[p][f"{p} capi"][workload]["ratio_capi"]
-                    cross.append(f"{c['ratio_capi'] / pr:.2f}x {p}")
-            extra = f"; vs peers (via glibc): {', '.join(cross)}" if cross else ""
-            print(
-                f"realalloc / glibc capi {workload:<14} {c['ratio_capi']:.3f} "
-                f"{spread(c['sessions_capi'])}{extra}"
-            )
-    if metadata is not None and metadata.get("distinct", 0) != metadata.get("objects"):
+    print(f"metadata: {args.metadata_objects} live {OBJ}-byte objects ...", flush=True)
+    metadata = spawn(args, "metadata", class_sizes)
+    if "error" in metadata:
+        errors["metadata"] = metadata["error"]
+    elif metadata["distinct"] != metadata["objects"]:
         errors["metadata"] = (
-            f"{metadata.get('distinct')} distinct addresses for {metadata.get('objects')} objects"
+            f"{metadata['distinct']} distinct addresses for {metadata['objects']} objects"
         )
-    if metadata is not None:
-        if "error" in metadata and metadata.get("percent") is None:
-            print(f"metadata: {metadata['error']}")
-        else:
-            pct = metadata["percent"]
-            ok = pct <= METADATA_TARGET_PCT
-            verdicts["metadata"] = {"percent": pct, "target": METADATA_TARGET_PCT, "met": ok}
-            print(
-                f"metadata for {metadata['objects']} live {OBJ}-byte objects: "
-                f"{metadata['metadata_bytes']} bytes = {pct:.3f} % of "
-                f"{metadata['objects'] * OBJ} bytes in use "
-                f"(target <= {METADATA_TARGET_PCT} %: {'met' if ok else 'NOT met'}); "
-                f"empty heap {metadata['metadata_before']} bytes"
-            )
+
+    summary: dict[str, Any] = {"verdicts": []}
+    if sessions:
+        summary = summarize(sessions, peer_names)
+        report(summary, args, revision, peer_names)
+    if "metadata" not in errors:
+        pct = metadata["percent"]
+        ok = pct <= METADATA_TARGET_PCT
+        summary["verdicts"].append(
+            {"what": "metadata %", "value": round(pct, 4), "target": METADATA_TARGET_PCT, "met": ok}
+        )
+        print(
+            f"metadata for {metadata['objects']} live {OBJ}-byte objects in a Heap(): "
+            f"{metadata['metadata_bytes']} bytes = {pct:.3f} % of "
+            f"{metadata['objects'] * OBJ} bytes in use "
+            f"(target <= {METADATA_TARGET_PCT} %: {'met' if ok else 'NOT met'}); "
+            f"empty heap {metadata['metadata_before']} bytes"
+        )
     for w, e in errors.items():
-        print(f"error: {w} worker: {e}")
+        print(f"error: {w}: {e}")
 
     if args.json:
         with open(args.json, "w") as fh:
@@ -504,18 +558,19 @@ def main(argv: list[str] | None = None) -> int:
                     "revision": revision,
                     "cpu": peers.cpu_model(),
                     "cpus": os.cpu_count(),
+                    "affinity": sorted(os.sched_getaffinity(0)),
                     "sessions": args.sessions,
                     "rounds_per_session": args.rounds,
                     "fixed_pairs": args.fixed_pairs,
                     "mixed_pairs": args.mixed_pairs,
                     "live": args.live,
                     "seed": args.seed,
-                    "skipped": skipped,
+                    "peers": peer_names,
                     "errors": errors,
-                    "results": summary,
-                    "verdicts": verdicts,
+                    **summary,
                     "metadata": metadata,
-                    "raw_ns_per_pair": results,
+                    "raw_cpu_ns_per_pair": [s["rounds"] for s in sessions],
+                    "raw_wall_ns_per_pair": [s["wall"] for s in sessions],
                 },
                 fh,
                 indent=2,

@@ -1,49 +1,51 @@
-"""Peer allocators for bench/bench_malloc.py: small extension modules built at benchmark time.
+"""Peer allocators for the benchmarks: small extension modules built at benchmark time.
 
 Each peer (glibc, mimalloc, tcmalloc) is built in two flavours, both compiled by
 setuptools with the same extra flags as realalloc's C code (csrc/build_shim.py
-``CFLAGS``), both returning the address as a Python ``int`` as realalloc does:
+``CFLAGS``), both taking and returning addresses as Python ``int`` as realalloc
+does:
 
-* ``cffi`` (the issue's peer, headline): a cffi module in API mode, out of line
-  (``ffibuilder.set_source(...)`` then ``compile``), exporting::
+* ``capi`` (the like-for-like comparison): a plain CPython extension whose
+  ``malloc(size)`` and ``calloc(size)`` (``calloc(1, size)``) are
+  METH_FASTCALL|METH_KEYWORDS functions and ``free(addr)`` a METH_O one,
+  converting arguments exactly as realalloc's csrc/fastpath.c does
+  (``PyLong_AsLongLongAndOverflow`` for the size, ``PyLong_FromUnsignedLong``
+  for the address, ``PyLong_AsUnsignedLong`` in ``free``), keeping the GIL.
+  Same calling convention as ``Heap.malloc`` / ``Heap.free``, so the
+  difference is the allocator.
+* ``cffi`` (how the issue first called the peers): a cffi module in API mode,
+  out of line (``ffibuilder.set_source(...)`` then ``compile``), exporting::
 
       uintptr_t g_malloc(size_t size);   /* the peer's malloc, address as an int */
+      uintptr_t g_calloc(size_t size);   /* calloc(1, size) */
       void      g_free(uintptr_t addr);  /* the peer's free */
 
-  Note that every cffi API-mode call releases and re-takes the GIL and saves and
-  restores errno around the C call: on CPython 3.11 that is ~90 ns per call,
-  more than glibc's malloc+free pair itself.
-* ``capi``: a plain CPython extension whose ``malloc(size)`` is a
-  METH_FASTCALL|METH_KEYWORDS function and ``free(addr)`` a METH_O one,
-  converting arguments exactly as realalloc's csrc/fastpath.c does
-  (``PyLong_AsLongLongAndOverflow``, ``PyLong_FromUnsignedLong``,
-  ``PyLong_AsUnsignedLong``), without releasing the GIL.  Same calling
-  convention as ``Heap.malloc`` / ``Heap.free``: the allocator-against-allocator
-  comparison.
+  Every cffi API-mode call releases and re-takes the GIL and saves and
+  restores errno around the C call: on CPython 3.11 that costs more than
+  glibc's malloc+free pair itself.
 
-The glibc cffi module also exports the plain ``void *malloc(size_t)`` /
-``void free(void *)`` (cffi cdata pointers instead of ints), ``g_calloc``
-(calloc(1, n): zeroed memory, as realalloc's ``malloc`` hands out by default)
-and a no-op pair ``g_nop_malloc`` / ``g_nop_free``; the glibc capi module has
-``nop_malloc`` / ``nop_free``.  The no-ops measure the two Python calls alone.
+The glibc modules also have a no-op pair (capi ``nop_malloc`` / ``nop_free``,
+cffi ``g_nop_malloc`` / ``g_nop_free``) that measures the two Python calls
+alone.
 
-mimalloc (``mi_malloc``/``mi_free``, Debian libmimalloc2.0) and tcmalloc
-(``tc_malloc``/``tc_free``, Debian libtcmalloc-minimal4) modules link the
-library's shared object by full path (Debian ships no ``-dev`` package with
-the unversioned symlink here) and call its *prefixed* entry points.  CPython
-loads extension modules with RTLD_LOCAL, so the library's own ``malloc`` /
-``free`` never replace glibc's for the interpreter; still, bench_malloc.py loads
-each of them in a subprocess of its own.  ``g_owns(addr)`` asks the library
-whether it owns an address: the sanity check that ``g_malloc`` reached it.
+mimalloc (``mi_malloc``/``mi_calloc``/``mi_free``, Debian libmimalloc2.0) and
+tcmalloc (``tc_malloc``/``tc_calloc``/``tc_free``, Debian libtcmalloc-minimal4)
+modules link the library's shared object by full path (Debian ships no ``-dev``
+package with the unversioned symlink here) and call its *prefixed* entry
+points.  CPython loads extension modules with RTLD_LOCAL, so the library's own
+``malloc`` / ``free`` never replace glibc's for the interpreter, and several
+peers can share a process; ``owns(addr)`` / ``g_owns(addr)`` asks the library
+whether it owns an address: the sanity check that ``malloc`` reached it.
+(bench/workloads instead runs peers by LD_PRELOAD, through the glibc modules.)
 
 Modules are built into a cache directory under the system temp dir
 (``$REALALLOC_BENCH_BUILD`` overrides it), named by a hash of the sources,
 flags, library and Python version; never in the repository.  Usage::
 
     from peers import load
-    lib = load("mimalloc")            # None if libmimalloc.so.2 is absent
-    a = lib.g_malloc(64); lib.g_free(a)
-    mod = load("mimalloc", "capi")    # mod.malloc(64), mod.free(a)
+    mod = load("mimalloc", "capi")    # None if libmimalloc.so.2 is absent
+    a = mod.malloc(64); mod.free(a)
+    lib = load("mimalloc")            # the cffi flavour: lib.g_malloc(64), lib.g_free(a)
 
 ``python bench/peers.py [NAME]`` builds every available peer (or NAME) and checks
 it, each in a subprocess of its own.
@@ -82,6 +84,8 @@ class Peer:
     """C declarations and helpers shared by both flavours"""
     alloc: str
     """C expression: allocate ``n`` bytes, a ``void *``"""
+    calloc: str
+    """C expression: allocate ``n`` zeroed bytes (``calloc(1, n)``), a ``void *``"""
     free: str
     """C statement: free ``p``"""
     owns: str
@@ -107,6 +111,7 @@ static int libc_version(void) {
 }
 """,
         "malloc(n)",
+        "calloc(1, n)",
         "free(p)",
         "p != NULL",
         "libc_version()",
@@ -118,11 +123,13 @@ static int libc_version(void) {
         r"""
 /* mimalloc.h is in libmimalloc-dev; declare the few entry points used. */
 void *mi_malloc(size_t size);
+void *mi_calloc(size_t count, size_t size);
 void mi_free(void *p);
 bool mi_is_in_heap_region(const void *p);
 int mi_version(void);
 """,
         "mi_malloc(n)",
+        "mi_calloc(1, n)",
         "mi_free(p)",
         "mi_is_in_heap_region(p)",
         "mi_version()",
@@ -134,6 +141,7 @@ int mi_version(void);
         r"""
 /* gperftools headers are in libgoogle-perftools-dev; declare what is used. */
 void *tc_malloc(size_t size);
+void *tc_calloc(size_t count, size_t size);
 void tc_free(void *p);
 const char *tc_version(int *major, int *minor, const char **patch);
 int MallocExtension_GetOwnership(const void *p); /* 1 = owned, 2 = not owned */
@@ -144,6 +152,7 @@ static int tcmalloc_version(void) {
 }
 """,
         "tc_malloc(n)",
+        "tc_calloc(1, n)",
         "tc_free(p)",
         "MallocExtension_GetOwnership(p) == 1",
         "tcmalloc_version()",
@@ -159,21 +168,18 @@ _PRELUDE = """
 
 _CFFI_CDEF = """
 uintptr_t g_malloc(size_t size);
+uintptr_t g_calloc(size_t size);
 void g_free(uintptr_t addr);
 int g_owns(uintptr_t addr);
 int g_version(void);
 """
 
 _CFFI_GLIBC_CDEF = """
-uintptr_t g_calloc(size_t size);
 uintptr_t g_nop_malloc(size_t size);
 void g_nop_free(uintptr_t addr);
-void *malloc(size_t size);
-void free(void *ptr);
 """
 
 _CFFI_GLIBC_SOURCE = r"""
-uintptr_t g_calloc(size_t n) { return (uintptr_t)calloc(1, n); }
 /* An address-sized result, like the others (large ints are not cached). */
 uintptr_t g_nop_malloc(size_t n) { return (uintptr_t)0x7f0000000000ull + n; }
 void g_nop_free(uintptr_t addr) { (void)addr; }
@@ -187,6 +193,7 @@ def cffi_source(peer: Peer) -> tuple[str, str]:
         + peer.decls
         + f"""
 uintptr_t g_malloc(size_t n) {{ return (uintptr_t){peer.alloc}; }}
+uintptr_t g_calloc(size_t n) {{ return (uintptr_t){peer.calloc}; }}
 void g_free(uintptr_t addr) {{ void *p = (void *)addr; {peer.free}; }}
 int g_owns(uintptr_t addr) {{ const void *p = (const void *)addr; return {peer.owns}; }}
 int g_version(void) {{ return {peer.version}; }}
@@ -245,6 +252,17 @@ static PyObject *py_malloc(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyLong_FromUnsignedLong((uintptr_t)p);
 }
 
+/* calloc(size) -> int: calloc(1, size), zeroed as Heap(zero=True).malloc. */
+static PyObject *py_calloc(PyObject *self, PyObject *const *args, Py_ssize_t nargsf,
+                           PyObject *kwnames) {
+    (void)self;
+    size_t n;
+    if (size_arg("calloc", args, nargsf, kwnames, &n) < 0) return NULL;
+    void *p = CALLOC;
+    if (!p) return PyErr_NoMemory();
+    return PyLong_FromUnsignedLong((uintptr_t)p);
+}
+
 /* free(addr): METH_O, as HeapBase.free. */
 static PyObject *py_free(PyObject *self, PyObject *arg) {
     (void)self;
@@ -287,6 +305,7 @@ static PyObject *py_version(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"version", (PyCFunction)py_version, METH_NOARGS, NULL},
     {"malloc", (PyCFunction)(void (*)(void))py_malloc, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"calloc", (PyCFunction)(void (*)(void))py_calloc, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"free", (PyCFunction)py_free, METH_O, NULL},
     {"owns", (PyCFunction)py_owns, METH_O, NULL},
     NOP_METHODS
@@ -301,7 +320,8 @@ PyMODINIT_FUNC PyInit_MODNAME(void) {
     (void)py_nop_free;
     return PyModule_Create(&moddef);
 }
-""".replace("ALLOC", peer.alloc)
+""".replace("CALLOC", peer.calloc)
+        .replace("ALLOC", peer.alloc)
         .replace("FREE;", peer.free + ";")
         .replace("OWNS", peer.owns)
         .replace("VERSION", peer.version)
@@ -445,17 +465,17 @@ def load(name: str, flavour: str = "cffi") -> Any:
 
 
 def check(name: str) -> str:
-    """Allocate through both flavours of peer ``name``, free; one line describing it."""
+    """Allocate through both flavours of peer ``name`` (malloc and calloc), free; one line."""
     lib = load(name)
     if lib is None:
         return f"{name}: skipped: {missing(name)}"
     mod = load(name, "capi")
     sizes = (8, 64, 1024, 32768)
-    for flavour, m, f, owns in (
-        ("cffi", lib.g_malloc, lib.g_free, lib.g_owns),
-        ("capi", mod.malloc, mod.free, mod.owns),
+    for flavour, m, c, f, owns in (
+        ("cffi", lib.g_malloc, lib.g_calloc, lib.g_free, lib.g_owns),
+        ("capi", mod.malloc, mod.calloc, mod.free, mod.owns),
     ):
-        addrs = [m(n) for n in sizes]
+        addrs = [m(n) for n in sizes] + [c(n) for n in sizes]
         if 0 in addrs or len(set(addrs)) != len(addrs):
             raise MemoryError(f"{name} ({flavour}): bad addresses {addrs}")
         if not all(owns(a) for a in addrs):
@@ -466,17 +486,6 @@ def check(name: str) -> str:
     if mod.version() != lib.g_version():
         raise RuntimeError(f"{name}: the cffi and capi modules see different versions")
     return f"{name}: ok (cffi, capi), version {lib.g_version()}, {where}"
-
-
-if __name__ == "__main__":
-    # One subprocess per peer: never load two allocators' libraries in one process.
-    if len(sys.argv) > 1:
-        print(check(sys.argv[1]))
-    else:
-        import subprocess
-
-        for peer_name in PEERS:
-            subprocess.run([sys.executable, __file__, peer_name], check=True)
 
 
 def cpu_model() -> str:
@@ -503,3 +512,12 @@ def git_revision() -> str:
     except OSError:
         return "unknown"
     return proc.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    # One subprocess per peer, so a failure names its peer.
+    if len(sys.argv) > 1:
+        print(check(sys.argv[1]))
+    else:
+        for peer_name in PEERS:
+            subprocess.run([sys.executable, __file__, peer_name], check=True)

@@ -13,8 +13,9 @@ static inline void ra_list_remove(ra_central *ce, ra_span *s) {
     if (s->prev) s->prev->next = s->next;
     else ce->list[s->list] = s->next;
     if (s->next) s->next->prev = s->prev;
-    else if (s->list == RA_LIST_PARTIAL) ce->partial_tail = s->prev;
+    else ce->tail[s->list] = s->prev;
     ce->count[s->list]--;
+    ce->empty_pages -= s->list == RA_LIST_EMPTY ? s->npages : 0;
     s->next = s->prev = NULL;
     s->list = RA_LIST_NONE;
 }
@@ -26,20 +27,15 @@ static inline void ra_file(ra_central *ce, ra_span *s) {
     /* Frees worth a sweep: a full span's first; on the other lists only the
      * last object matters (see ra_free_slot). */
     RA_STORE(&s->sweep_at, tag == RA_LIST_FULL ? 1 : RA_NEVER);
-    ra_span **head = &ce->list[tag];
-    if (tag == RA_LIST_PARTIAL) { /* at the tail: refills take the oldest */
-        s->next = NULL;
-        s->prev = ce->partial_tail;
-        *(s->prev ? &s->prev->next : head) = s;
-        ce->partial_tail = s;
-    } else {
-        s->prev = NULL;
-        s->next = *head;
-        if (*head) (*head)->prev = s;
-        *head = s;
-    }
+    /* At the tail: refills take the oldest partial span but the newest empty
+     * one (its memory is warm), as trims do. */
+    s->next = NULL;
+    s->prev = ce->tail[tag];
+    *(s->prev ? &s->prev->next : &ce->list[tag]) = s;
+    ce->tail[tag] = s;
     s->list = (uint8_t)tag;
     ce->count[tag]++;
+    ce->empty_pages += tag == RA_LIST_EMPTY ? s->npages : 0;
 }
 
 /* Sweep every span on the dirty stack and file it again. */
@@ -57,11 +53,11 @@ static inline void ra_drain(ra_central *ce, uint32_t spc) {
     }
 }
 
-/* Give empty spans beyond `keep` back to the page heap. */
+/* Give empty spans beyond `keep` back to the page heap, newest first. */
 static inline void ra_trim(ra_heap *h, ra_central *ce, uint32_t keep) {
-    ra_span *s = ce->list[RA_LIST_EMPTY];
+    ra_span *s = ce->tail[RA_LIST_EMPTY];
     while (s && ce->count[RA_LIST_EMPTY] > keep) {
-        ra_span *after = s->next;
+        ra_span *after = s->prev;
         if (!__atomic_load_n(&s->in_dirty, __ATOMIC_SEQ_CST)) {
             ra_list_remove(ce, s);
             ra_lock_take(&h->pages.lock);
@@ -101,7 +97,7 @@ static inline int ra_refill(ra_heap *h, ra_mcache *c, uint32_t spc) {
     }
     ra_lock_take(&ce->lock);
     if (RA_LOAD(&ce->dirty)) ra_drain(ce, spc);
-    s = ce->list[RA_LIST_PARTIAL] ? ce->list[RA_LIST_PARTIAL] : ce->list[RA_LIST_EMPTY];
+    s = ce->list[RA_LIST_PARTIAL] ? ce->list[RA_LIST_PARTIAL] : ce->tail[RA_LIST_EMPTY];
     if (!s) {
         ce->nmiss++;
         ra_lock_drop(&ce->lock);
@@ -152,6 +148,48 @@ static inline void ra_release_cache(ra_heap *h, ra_mcache *c, int for_good) {
     if (c->next) c->next->prev = c->prev;
     c->released = 1;
     ra_lock_drop(&h->pages.lock);
+}
+
+/* Free the large object at `addr` (Go: a large span back to the heap).  Its
+ * central (class 0 or 1) keeps up to empty_max freed large spans on its
+ * empty list, for a malloc of the same page count (ra_large_reuse). */
+static inline int ra_free_large(ra_heap *h, uintptr_t addr) {
+    ra_span *s = ra_span_at(h, addr);
+    uint32_t spc = s ? s->spanclass : 2;
+    if (spc >= 2) return RA_SLOW;
+    ra_central *ce = &h->central[spc];
+    ra_lock_take(&ce->lock);
+    ra_lock_take(&h->pages.lock);
+    int ok = s->state == RA_SPAN_IN_USE && s->base == addr && s->spanclass == spc && s->alloc_count;
+    if (ok) ra_large_object(h, s, 0);
+    ra_lock_drop(&h->pages.lock);
+    if (ok) { /* room first (another kept span goes back), so this one stays if any may */
+        ra_trim(h, ce, ce->empty_max - (ce->empty_max > 0));
+        ra_file(ce, s);
+        ra_trim(h, ce, ce->empty_max);
+    }
+    ra_lock_drop(&ce->lock);
+    return ok ? RA_OK : RA_SLOW;
+}
+
+/* A large object of `size` bytes in a span its class keeps (ra_free_large)
+ * with the same page count, or 0: Python brings one. */
+static RA_COLD __attribute__((unused)) uintptr_t ra_large_reuse(ra_heap *h, uint64_t size, int noscan, int zero) {
+    uint64_t npages = (size + (1u << RA_PAGE_SHIFT) - 1) >> RA_PAGE_SHIFT;
+    ra_central *ce = &h->central[noscan];
+    if (!RA_LOAD(&ce->count[RA_LIST_EMPTY])) return 0;
+    ra_lock_take(&ce->lock);
+    ra_span *s = ce->tail[RA_LIST_EMPTY];
+    while (s && s->npages != npages) s = s->prev;
+    if (s) {
+        ra_list_remove(ce, s);
+        ra_lock_take(&h->pages.lock);
+        ra_large_object(h, s, 1);
+        ra_lock_drop(&h->pages.lock);
+    }
+    ra_lock_drop(&ce->lock);
+    if (s && zero) memset((void *)s->base, 0, npages << RA_PAGE_SHIFT); /* it held an object */
+    return s ? s->base : 0;
 }
 
 /* Free any object of `h` at `addr`: RA_OK, or RA_SLOW for Python to diagnose. */

@@ -57,7 +57,6 @@ typedef struct {
     int64_t active;           /* calls inside the heap, all threads */
     int zero;                 /* malloc's default for zero= (Heap(zero=...)) */
     unsigned long stw_owner;  /* thread that stopped the world */
-    int stw_depth;
     Py_ssize_t exports;       /* views of its Buffers exported now */
     Py_ssize_t held;          /* allocations held by C clients (numpy arrays) */
     PyObject *weakrefs;
@@ -167,7 +166,7 @@ static uintptr_t fast_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t n
     int noscan = 1, zero = self->zero, overflow;
     ra_heap *h = self->h;
     *slow = 1;
-    if (nargs != 1 || !PyLong_CheckExact(args[0]) || !h || h->stopped) return 0;
+    if (nargs != 1 || !PyLong_CheckExact(args[0]) || !h) return 0;
     for (Py_ssize_t i = 0; kwnames && i < PyTuple_GET_SIZE(kwnames); i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
         if (value != Py_True && value != Py_False) return 0;
@@ -177,10 +176,19 @@ static uintptr_t fast_malloc(HeapBase *self, PyObject *const *args, Py_ssize_t n
     }
     long long size = PyLong_AsLongLongAndOverflow(args[0], &overflow);
     ra_tls_slot *t = my_slot(h);
-    if (overflow || size < 0 || size > RA_MAX_SMALL_SIZE || !t || !t->cache) return 0;
+    uintptr_t addr;
+    /* Stopped: Python waits, unless this thread is inside the heap already
+     * (a slow path's own malloc): the stopper waits for it instead. */
+    if (overflow || size < 0 || !t || (h->stopped && !t->depth)) return 0;
+    if (size > RA_MAX_SMALL_SIZE) {
+        if (!(addr = ra_large_reuse(h, (uint64_t)size, noscan, zero))) return 0;
+    } else {
+        if (!t->cache) return 0;
+        *slow = 0;
+        addr = ra_malloc_small(h, t->cache, (size_t)size, noscan, zero);
+        if (!addr && !(addr = refill_and_malloc(self, t->cache, (size_t)size, noscan, zero))) return 0;
+    }
     *slow = 0;
-    uintptr_t addr = ra_malloc_small(h, t->cache, (size_t)size, noscan, zero);
-    if (!addr && !(addr = refill_and_malloc(self, t->cache, (size_t)size, noscan, zero))) return 0;
     if (tracing) PyTraceMalloc_Track(RA_TRACEMALLOC_DOMAIN, addr, (size_t)size);
     return addr;
 }
@@ -233,19 +241,14 @@ static PyObject *heap_alloc(HeapBase *self, PyObject *const *args, Py_ssize_t na
                             PyObject *kwnames) {
     PyObject *addr_obj = heap_malloc(self, args, nargsf, kwnames);
     if (!addr_obj) return NULL;
-    Buffer *b = PyObject_New(Buffer, &BufferType);
-    if (!b) {
-        free_addr(self, addr_obj, (uintptr_t)PyLong_AsUnsignedLong(addr_obj));
-        Py_DECREF(addr_obj);
-        return NULL;
-    }
-    b->addr = (uintptr_t)PyLong_AsUnsignedLong(addr_obj);
+    uintptr_t addr = (uintptr_t)PyLong_AsUnsignedLong(addr_obj);
     Py_DECREF(addr_obj);
+    Buffer *b = PyObject_New(Buffer, &BufferType);
+    if (!b) return free_addr(self, NULL, addr), NULL;
+    b->addr = addr;
     b->size = PyLong_AsSsize_t(args[0]); /* malloc accepted it: an int in range */
     b->heap = (HeapBase *)Py_NewRef(self);
-    b->exports = 0;
-    b->freed = 0;
-    b->weakrefs = NULL;
+    b->exports = 0, b->freed = 0, b->weakrefs = NULL;
     return (PyObject *)b;
 }
 
@@ -280,10 +283,8 @@ static void buffer_releasebuffer(Buffer *self, Py_buffer *view) {
     self->heap->exports--;
 }
 
-static PyBufferProcs buffer_as_buffer = {
-    (getbufferproc)buffer_getbuffer,
-    (releasebufferproc)buffer_releasebuffer,
-};
+static PyBufferProcs buffer_as_buffer = {(getbufferproc)buffer_getbuffer,
+                                         (releasebufferproc)buffer_releasebuffer};
 
 static PyObject *buffer_free(Buffer *self, PyObject *unused) {
     if (!buffer_usable(self)) return NULL;
@@ -388,32 +389,23 @@ static PyObject *heap_stop_world(HeapBase *self, PyObject *unused) {
     ra_heap *h = self->h;
     ra_tls_slot *t = my_slot(h);
     if (!t) return PyErr_NoMemory();
-    if ((h->stopped & RA_STOPPED) && self->stw_owner == PyThread_get_thread_ident()) {
-        self->stw_depth++;
-        Py_RETURN_NONE;
-    }
-    if (t->depth)
-        return PyErr_Format(err_reentrant, "the heap cannot stop other threads from inside one "
-                                           "of its own calls on this thread (a signal handler "
-                                           "or finalizer?)");
+    if (t->depth || ((h->stopped & RA_STOPPED) && self->stw_owner == PyThread_get_thread_ident()))
+        return PyErr_Format(err_reentrant, "a call inside the heap on this thread (a finalizer or "
+                                           "signal handler?) cannot stop the heap's other threads");
     if (wait_while(self, stopped_by_other) < 0) return NULL;
     if (h->stopped & RA_CLOSED) return PyErr_Format(err_closed, "the heap is closed");
     h->stopped |= RA_STOPPED;
     self->stw_owner = PyThread_get_thread_ident();
-    self->stw_depth = 1;
-    if (wait_while(self, others_active) < 0) {
-        h->stopped &= ~RA_STOPPED;
-        self->stw_owner = 0;
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    if (wait_while(self, others_active) == 0) Py_RETURN_NONE;
+    h->stopped &= ~RA_STOPPED; /* interrupted while others finished: nothing stopped */
+    self->stw_owner = 0;
+    return NULL;
 }
 
 static PyObject *heap_start_world(HeapBase *self, PyObject *unused) {
-    if (self->stw_depth > 0 && --self->stw_depth == 0) {
-        self->h->stopped &= ~RA_STOPPED;
-        self->stw_owner = 0;
-    }
+    if (self->stw_owner != PyThread_get_thread_ident()) Py_RETURN_NONE;
+    self->h->stopped &= ~RA_STOPPED;
+    self->stw_owner = 0;
     Py_RETURN_NONE;
 }
 
@@ -512,12 +504,9 @@ static PyObject *set_tracing(PyObject *mod, PyObject *flag) {
 
 /* set_errors(closed, reentrant, freed, argtype): realalloc's exception classes. */
 static PyObject *set_errors(PyObject *mod, PyObject *args) {
-    PyObject *a, *b, *c, *d;
-    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &d)) return NULL;
-    Py_XSETREF(err_closed, Py_NewRef(a));
-    Py_XSETREF(err_reentrant, Py_NewRef(b));
-    Py_XSETREF(err_freed, Py_NewRef(c));
-    Py_XSETREF(err_type, Py_NewRef(d));
+    PyObject *e[4], **to[4] = {&err_closed, &err_reentrant, &err_freed, &err_type};
+    if (!PyArg_ParseTuple(args, "OOOO", &e[0], &e[1], &e[2], &e[3])) return NULL;
+    for (int i = 0; i < 4; i++) Py_XSETREF(*to[i], Py_NewRef(e[i]));
     Py_RETURN_NONE;
 }
 
@@ -530,13 +519,9 @@ static PyObject *locked(PyObject *mod, PyObject *const *args, Py_ssize_t n) {
     Py_DECREF(ok);
     PyObject *r = PyObject_Vectorcall(args[1], args + 2, n - 2, NULL), *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    if (!(ok = PyObject_CallMethod(args[0], "release", NULL))) {
-        Py_CLEAR(r);
-        Py_XDECREF(et), Py_XDECREF(ev), Py_XDECREF(tb);
-        return NULL;
-    }
-    Py_DECREF(ok);
-    PyErr_Restore(et, ev, tb);
+    ok = PyObject_CallMethod(args[0], "release", NULL);
+    if (ok) PyErr_Restore(et, ev, tb), Py_DECREF(ok);
+    else Py_XDECREF(et), Py_XDECREF(ev), Py_XDECREF(tb), Py_XDECREF(r), r = NULL; /* its error wins */
     return r;
 }
 

@@ -135,6 +135,16 @@ static inline int64_t ra_range(ra_heap *h, uintptr_t base, uint32_t npages, int 
     return result;
 }
 
+/* The large object of span `s` comes (1) or goes (0): its bit and counters. */
+static inline void ra_large_object(ra_heap *h, ra_span *s, int comes) {
+    uint64_t bytes = (uint64_t)s->npages << RA_PAGE_SHIFT;
+    s->bits[0] = (s->bits[0] & ~1ull) | (uint64_t)comes;
+    s->alloc_count = (uint32_t)comes;
+    if (comes) h->counts.large_allocs++, h->counts.large_bytes += bytes;
+    else h->counts.large_frees++, h->counts.large_freed_bytes += bytes;
+    if (!comes) h->freed_large[h->freed_large_next++ & 63] = s->base;
+}
+
 static inline int ra_install_locked(ra_heap *h, uintptr_t base, uint32_t npages, uint32_t spc,
                              uint32_t state, ra_span **out) {
     ra_pool *p = &h->pools[h->pool_of[spc]];
@@ -161,10 +171,7 @@ static inline int ra_install_locked(ra_heap *h, uintptr_t base, uint32_t npages,
     s->needzero = ra_range(h, base, npages, RA_RANGE_TAKE, s) < npages; /* scavenged read as 0 */
     if (state == RA_SPAN_IN_USE) h->counts.inuse_pages += npages;
     else h->counts.manual_pages += npages;
-    if (!sc && state == RA_SPAN_IN_USE) {
-        h->counts.large_allocs++;
-        h->counts.large_bytes += (uint64_t)npages << RA_PAGE_SHIFT;
-    }
+    if (!sc && state == RA_SPAN_IN_USE) ra_large_object(h, s, 1);
     *out = s;
     return RA_OK;
 }
@@ -173,26 +180,9 @@ static inline void ra_uninstall_locked(ra_heap *h, ra_span *s) {
     ra_range(h, s->base, s->npages, RA_RANGE_GIVE, s);
     if (s->state == RA_SPAN_IN_USE) h->counts.inuse_pages -= s->npages;
     else h->counts.manual_pages -= s->npages;
-    if (s->spanclass < 2 && s->state == RA_SPAN_IN_USE) {
-        h->counts.large_frees++;
-        h->counts.large_freed_bytes += (uint64_t)s->npages << RA_PAGE_SHIFT;
-        h->freed_large[h->freed_large_next++ & 63] = s->base;
-    }
+    /* A large span kept on its central's empty list counted its object out already. */
+    if (s->spanclass < 2 && s->state == RA_SPAN_IN_USE && s->alloc_count) ra_large_object(h, s, 0);
     ra_pool_put(&h->pools[s->pool], s);
-}
-
-/* Free the large object at `addr` (Go: a large span back to the heap). */
-static inline int ra_free_large(ra_heap *h, uintptr_t addr) {
-    ra_span *s = ra_span_at(h, addr);
-    int rc = RA_SLOW;
-    if (!s || s->spanclass >= 2) return RA_SLOW;
-    ra_lock_take(&h->pages.lock);
-    if (s->state == RA_SPAN_IN_USE && s->base == addr && s->spanclass < 2) {
-        ra_uninstall_locked(h, s);
-        rc = RA_OK;
-    }
-    ra_lock_drop(&h->pages.lock);
-    return rc;
 }
 
 #endif /* REALALLOC_PAGES_H */

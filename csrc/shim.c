@@ -25,17 +25,12 @@ static int64_t fault_nfail[RA_OP_COUNT], fault_every[RA_OP_COUNT];
 static int64_t fault_calls[RA_OP_COUNT], fault_hits[RA_OP_COUNT];
 
 static int fault_fires(int op) {
-    if (__atomic_load_n(&fault_nfail[op], __ATOMIC_RELAXED) > 0 &&
-        __atomic_sub_fetch(&fault_nfail[op], 1, __ATOMIC_RELAXED) >= 0) {
-        __atomic_add_fetch(&fault_hits[op], 1, __ATOMIC_RELAXED);
-        return 1;
-    }
     int64_t every = __atomic_load_n(&fault_every[op], __ATOMIC_RELAXED);
-    if (every > 0 && __atomic_add_fetch(&fault_calls[op], 1, __ATOMIC_RELAXED) % every == 0) {
-        __atomic_add_fetch(&fault_hits[op], 1, __ATOMIC_RELAXED);
-        return 1;
-    }
-    return 0;
+    int fires = (__atomic_load_n(&fault_nfail[op], __ATOMIC_RELAXED) > 0 &&
+                 __atomic_sub_fetch(&fault_nfail[op], 1, __ATOMIC_RELAXED) >= 0) ||
+                (every > 0 && __atomic_add_fetch(&fault_calls[op], 1, __ATOMIC_RELAXED) % every == 0);
+    if (fires) __atomic_add_fetch(&fault_hits[op], 1, __ATOMIC_RELAXED);
+    return fires;
 }
 
 int ra_fault_set(int op, int64_t nfail, int64_t every) {
@@ -269,11 +264,6 @@ void ra_counts_sum(ra_heap *h, ra_counts *out, uint32_t *ncaches) {
 
 /* ---- objects ------------------------------------------------------------ */
 
-uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero) {
-    return ra_malloc_small(h, c, size, noscan, zero);
-}
-
-int ra_cache_refill(ra_heap *h, ra_mcache *c, uint32_t spc) { return ra_refill(h, c, spc); }
 
 int ra_heap_free(ra_heap *h, uintptr_t addr, ra_mcache *c) { return ra_free(h, addr, c); }
 

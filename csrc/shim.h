@@ -156,11 +156,13 @@ typedef struct ra_heap_arena {
 typedef struct ra_central {
     ra_lock lock;
     uint32_t empty_max;     /* Python: empty spans kept; more go back to the page heap */
-    ra_span *list[4];       /* by RA_LIST_*: PARTIAL spans with a free slot, oldest first
-                               (a queue, as Go's spanSet: a span gathers frees while it
-                               waits); FULL ones without; EMPTY ones with no object */
+    ra_span *list[4];       /* by RA_LIST_*, each a queue, oldest first (as Go's spanSet:
+                               a span gathers frees while it waits): PARTIAL spans with a
+                               free slot, FULL ones without, EMPTY ones with no object
+                               (classes 0 and 1: freed large spans kept for reuse) */
     uint32_t count[4];      /* spans on each list */
-    ra_span *partial_tail;
+    uint64_t empty_pages;   /* pages of the spans on the EMPTY list */
+    ra_span *tail[4];       /* the last span of each list */
     ra_span *dirty;         /* [atomic] uncached spans that got frees worth a sweep */
     uint64_t nrefill;       /* spans handed to caches */
     uint64_t nmiss;         /* refills that found nothing: Python was asked */
@@ -263,8 +265,6 @@ int ra_central_grow(ra_heap *h, uint32_t spc, uintptr_t base, uint32_t nspans);
 void ra_counts_sum(ra_heap *h, ra_counts *out, uint32_t *ncaches);
 
 /* ---- Objects (spanbits.h, central.h). */
-uintptr_t ra_cache_malloc(ra_heap *h, ra_mcache *c, size_t size, int noscan, int zero);
-int ra_cache_refill(ra_heap *h, ra_mcache *c, uint32_t spc);
 int ra_heap_free(ra_heap *h, uintptr_t addr, ra_mcache *c); /* small or large: RA_OK/RA_SLOW */
 size_t ra_usable_size(ra_heap *h, uintptr_t addr); /* of a live object starting there, else 0 */
 void ra_cache_init(ra_heap *h, ra_mcache *c);

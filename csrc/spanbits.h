@@ -172,7 +172,8 @@ static inline int ra_free_object(ra_heap *h, uintptr_t addr, ra_mcache *c) {
 static inline size_t ra_usable(ra_heap *h, uintptr_t addr) {
     ra_span *s = ra_span_at(h, addr);
     if (!s || s->state != RA_SPAN_IN_USE) return 0;
-    if (s->spanclass < 2) return addr == s->base ? (size_t)s->npages << RA_PAGE_SHIFT : 0;
+    if (s->spanclass < 2) /* alloc_count 0: freed, its span kept for reuse */
+        return addr == s->base && s->alloc_count ? (size_t)s->npages << RA_PAGE_SHIFT : 0;
     uintptr_t off = addr - s->base;
     uint32_t idx = ra_slot_of(s, off), inner = (uint32_t)(off - (uintptr_t)idx * s->elemsize);
     uint64_t bit = 1ull << (idx & 63);

@@ -112,7 +112,8 @@ One allocation: malloc(size, scan=False)
 4. None: Python brings a batch of fresh spans (``MHeap.grow_central``):
    admission under the memory limit, PageAlloc's first fit (growing by whole
    arenas when nothing fits), then one C call installs them all.
-5. Objects over 32 KiB skip 1-4: a span of their own, page aligned, from
+5. Objects over 32 KiB skip 1-4: a span of their own, page aligned: a freed
+   one of the same page count that its class keeps (C), else a new one from
    Python.
 
 Free runs the other way, in C: address -> arena (two-level index) -> span
@@ -121,7 +122,9 @@ takes plain stores; any other span one atomic bit in ``free_bits`` and, on
 its first pending free, a push on its class's dirty stack.  A span left
 with no object goes to its class's empty list; beyond the class's budget C
 returns it to the page heap, whose free pages coalesce and can be released
-to the OS (RSS drops).  A large object's pages go back at once.
+to the OS (RSS drops).  A freed large object's span waits on the empty list
+of class 0 or 1 (a few per class) for a malloc of the same page count;
+beyond that, or at the next reclaim, its pages go back.
 
 Around the allocator
 ====================
@@ -172,14 +175,14 @@ from .errors import (
 from .integrations.tracing import TRACEMALLOC_DOMAIN
 
 _DEFAULT_METHODS = ("malloc", "free", "alloc", "realloc", "usable_size")
-_default_lock = threading.Lock()
+_default_lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
 
 
 def _new_default_lock() -> None:
     """In a forked child: the thread that was making the default heap at the
     fork is not there, and would hold its lock for good."""
     global _default_lock
-    _default_lock = threading.Lock()
+    _default_lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_new_default_lock)

@@ -24,7 +24,12 @@ signal handler or finalizer that re-enters the page heap) with
 ReentrancyError instead of letting it run the page heap again half-way, or
 wait for itself.  Every Python-level lock is held through ``_fast.locked``
 (or ``HeapLock.run``): taken and released in C around a Python call, so no
-exception can leave it held (realalloc/core/heap.py: interruption).
+exception can leave it held (realalloc/__init__.py: interruption).  The
+process-wide leaf locks (the arena index, heap slots, the fork/exit
+registry, the default heap) are RLocks: the cyclic GC can run a heap's
+finalizer, which closes the heap and takes them, on a thread that holds one
+of them, and each of their critical sections stays correct when another
+runs inside it (they add or remove independent entries).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ def test_page_in_use_bits_mark_the_first_page_of_each_object_span():
         assert arena.page_index(a) + 1 not in pages
         assert arena.page_index(manual.base) not in pages  # MANUAL spans hold no objects
         heap.free(a)
+        heap.reclaim()  # its span, kept for reuse, goes back to the page heap
         assert arena.page_index(a) not in arena.in_use_pages()
         assert arena.live_pages == 13 + 3 + sum(s.npages for s in heap.spans() if s.sizeclass)
         heap.mheap.free_manual(manual)

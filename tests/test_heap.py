@@ -260,10 +260,15 @@ def test_large_objects(heap, scan):
         assert heap.span_of(addr + usable - 1).base == addr
     live.verify()
     heap.check()
-    for addr in list(live.objs):
+    freed = list(live.objs)
+    for addr in freed:
         live.free(addr)
-        assert heap.span_of(addr) is None, f"freed large object {addr:#x} still has a span"
+        # Its span, kept for reuse by a malloc of the same page count, holds no object.
+        kept = heap.span_of(addr)
+        assert kept is None or (kept.allocated == 0 and kept.idle), f"{addr:#x} still allocated"
         heap.check()
+    heap.reclaim()
+    assert all(heap.span_of(addr) is None for addr in freed), "kept spans not given back"
 
 
 def test_70_mib_object_crosses_an_arena_boundary(heap):
@@ -284,6 +289,12 @@ def test_70_mib_object_crosses_an_arena_boundary(heap):
     live.verify()
     heap.check()
     live.free(addr)
+    assert heap.span_of(boundary).allocated == 0  # kept for a malloc of its page count
+    heap.check()
+    again = live.malloc(size)  # which this is: the same span, taken in C
+    assert again == addr and heap.usable_size(again) == size
+    live.free(again)
+    heap.reclaim()
     assert heap.span_of(boundary) is None
     heap.check()
     # the freed pages are reusable: the same large request fits again

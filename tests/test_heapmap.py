@@ -73,10 +73,10 @@ def expected_kind(span: realalloc.SpanInfo) -> PageKind:
     """The rule of the module docstring, from the public SpanInfo."""
     if span.state == realalloc.SpanState.MANUAL:
         return PageKind.MANUAL
+    if span.idle:  # an emptied small-object span, or a freed large object's, kept
+        return PageKind.EMPTY_SPAN
     if span.spanclass < 2:
         return PageKind.LARGE
-    if span.idle:
-        return PageKind.EMPTY_SPAN
     if span.spanclass == 5:
         return PageKind.TINY
     for kind, most in (
@@ -137,6 +137,7 @@ class Known:
         heap.free(self.released)
         heap.scavenge()  # gives back this thread's cached spans too
         heap.free(self.freed)
+        heap.reclaim()  # the freed large object's span, kept for reuse, goes back now
         # Emptied spans of the 256-byte class that its central keeps: every
         # object freed, then one more allocated, whose refill sweeps the frees.
         for addr in doomed:

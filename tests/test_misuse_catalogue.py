@@ -306,7 +306,7 @@ ROWS = [
     Misuse("our-pointer-freed-on-another-heap", free_in_another_heap_of_a_live_object_of_ours,
            E.ForeignPointerError, rf"free\({ADDR}\): the address belongs to another heap"),
     Misuse("free-page-of-a-freed-large-object", free_of_a_page_inside_a_freed_large_object,
-           E.ForeignPointerError, rf"free\({ADDR}\): no object there"),
+           E.ForeignPointerError, rf"free\({ADDR}\): inside a freed large object at 0x[0-9a-f]+"),
     Misuse("free-of-a-manual-span", free_of_a_manual_span, E.ForeignPointerError,
            rf"free\({ADDR}\): inside pages handed out whole"),
     Misuse("free-of-a-never-allocated-slot", free_of_a_slot_never_handed_out,

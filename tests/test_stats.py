@@ -25,6 +25,7 @@ import pytest
 
 import realalloc
 from realalloc import HeapCorruption, MemoryReport, MemStats, SizeClassStats, SpanState
+from realalloc.core.central import LARGE_KEPT
 from realalloc.core.sizeclasses import (
     CLASS_TO_SIZE,
     MAX_SMALL_SIZE,
@@ -638,7 +639,9 @@ def test_spans_agree_with_stats(heap):
     assert +allocated == live_by_class
     assert sum(allocated.values()) == sum(e.mallocs - e.frees for e in st.by_size)
 
-    large = {s.base: s for s in spans if s.spanclass < 2}
+    large = {s.base: s for s in spans if s.spanclass < 2 and s.allocated}
+    kept = [s for s in spans if s.spanclass < 2 and not s.allocated]  # freed, kept for reuse
+    assert all(s.idle for s in kept) and len(kept) <= 2 * LARGE_KEPT
     live_large = {a: v for a, v in model.live.items() if v[0] > MAX_SMALL_SIZE}
     assert set(large) == set(live_large)
     for addr, (size, scan) in live_large.items():
@@ -810,8 +813,11 @@ def test_python_mallocs_counts_exactly_the_calls_that_left_c():
         assert heap.python_mallocs == 1
         live.append(heap.malloc(64))
         assert heap.python_mallocs == 2
-        for n in range(1, 4):  # every large object is a span of its own, from Python
-            heap.free(heap.malloc(40_000))
+        for n in range(1, 4):  # a large object of a new page count: a span, from Python
+            heap.free(heap.malloc(40_000 + n * 8192))
             assert heap.python_mallocs == 2 + n
+        for n in range(1, 4):  # the same page counts again: spans kept for reuse, in C
+            heap.free(heap.malloc(40_000 + n * 8192))
+            assert heap.python_mallocs == 5
         for addr in live:
             heap.free(addr)

@@ -196,6 +196,12 @@ def test_foreign_pointer_from_another_heap(heap, pop):
 def test_foreign_pointer_in_a_freed_large_object(heap, pop):
     addr = heap.malloc(5 * PAGE_SIZE)  # large: more than 32 KiB
     heap.free(addr)
+    # Its span, kept for reuse, holds no object: freeing inside it is foreign.
+    assert heap.span_of(addr + PAGE_SIZE).allocated == 0
+    for bad in (addr + PAGE_SIZE, addr + 4 * PAGE_SIZE + 64):
+        with pytest.raises(realalloc.ForeignPointerError, match=addr_re(bad)):
+            heap.free(bad)
+    heap.reclaim()  # now the pages are free
     assert heap.span_of(addr + PAGE_SIZE) is None
     for bad in (addr + PAGE_SIZE, addr + 4 * PAGE_SIZE + 64):
         with pytest.raises(realalloc.ForeignPointerError, match=addr_re(bad)):

@@ -5,22 +5,30 @@ The workload drivers and what they are written against (``Allocator``,
 realalloc/tools/workloads/; this module loads an allocator into that
 interface (``malloc(size) -> int`` and ``free(addr)``):
 
-* ``realalloc``: ``heap = realalloc.Heap()``; ``heap.malloc`` / ``heap.free``
-  (C methods, GIL held; ``malloc`` zeroes memory, realalloc's default).  The
-  interpreter itself keeps using glibc.
-* ``glibc``: the cffi API-mode module that bench/peers.py builds for glibc,
-  ``g_malloc(size) -> uintptr_t`` / ``g_free(uintptr_t)`` around ``malloc`` /
-  ``free``.
-* ``jemalloc``, ``mimalloc``, ``tcmalloc``: *the same glibc cffi module*, in a
+* ``realalloc``: ``heap = realalloc.Heap(zero=False)``; ``heap.malloc`` /
+  ``heap.free`` (C methods, GIL held).  ``malloc`` leaves memory as it finds
+  it, as the peers' ``malloc`` does: the like-for-like row.  The interpreter
+  itself keeps using glibc.
+* ``realalloc-zero``: ``realalloc.Heap()``, whose ``malloc`` zeroes memory
+  (realalloc's default, calloc's semantics): context, what zeroing costs.
+* ``glibc``: the ``capi`` module that bench/peers.py builds for glibc,
+  ``malloc(size) -> int`` / ``free(addr)`` around ``malloc`` / ``free``, with
+  the calling convention and argument conversions of ``Heap.malloc`` /
+  ``Heap.free``, so the difference is the allocator.
+* ``jemalloc``, ``mimalloc``, ``tcmalloc``: *the same glibc capi module*, in a
   process started with ``LD_PRELOAD=<the library>``, so its ``malloc`` /
   ``free`` (and the interpreter's) resolve to the preloaded allocator, the
   way mimalloc-bench runs its peers.  :func:`load_allocator` checks that the
   ``malloc`` the process resolves lies in the preloaded library, and for
-  mimalloc and tcmalloc that the library owns a block ``g_malloc`` returned.
+  mimalloc and tcmalloc that the library owns a block the module's
+  ``malloc`` returned.
+* ``NAME-cffi`` (``glibc-cffi`` runs by default, the peers' on request):
+  the same through peers.py's cffi API-mode module, ``g_malloc(size) ->
+  uintptr_t`` / ``g_free(uintptr_t)``, which releases the GIL around every
+  call: how the peers were first called.
 
-``realalloc-nozero`` (not run by default) is realalloc with
-``malloc(size, zero=False)``: memory as glibc's ``malloc`` returns it, not
-zeroed, to show what zeroing costs realalloc.
+For realalloc, :func:`load_allocator` returns the heap too, whose
+``python_mallocs`` counts the malloc calls that ran Python code.
 
 Objects are *touched* through a small CPython extension built here
 (:func:`memory`): ``METH_FASTCALL`` functions that keep the GIL, about half
@@ -42,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import importlib
 import io
@@ -53,6 +60,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent
@@ -65,10 +73,20 @@ import peers  # noqa: E402  (bench/peers.py, after the path is set)
 
 from realalloc.tools.workloads.common import Allocator  # noqa: E402
 
-ALLOCATORS = ("realalloc", "glibc", "jemalloc", "mimalloc", "tcmalloc")
+ALLOCATORS = (
+    "realalloc",
+    "realalloc-zero",
+    "glibc",
+    "glibc-cffi",
+    "jemalloc",
+    "mimalloc",
+    "tcmalloc",
+)
 """The allocators the runner runs by default, in table order."""
-EXTRA = ("realalloc-nozero",)
+EXTRA = ("jemalloc-cffi", "mimalloc-cffi", "tcmalloc-cffi")
 """Allocators run only when asked for."""
+CFFI = "-cffi"
+"""Suffix of an allocator called through peers.py's cffi module instead of its capi one."""
 
 PRELOAD: dict[str, tuple[str, str]] = {
     "jemalloc": ("libjemalloc.so.2", "libjemalloc2"),
@@ -80,18 +98,23 @@ PRELOAD: dict[str, tuple[str, str]] = {
 MIB = 1 << 20
 
 
+def base_name(allocator: str) -> str:
+    """The allocator behind a runner name: ``mimalloc-cffi`` -> ``mimalloc``."""
+    return allocator.removesuffix(CFFI)
+
+
 def preload_path(name: str) -> str | None:
-    """Full path of the library to LD_PRELOAD for peer ``name`` (None if absent)."""
-    soname, _ = PRELOAD[name]
-    return peers.find_library(soname)
+    """Full path of the library to LD_PRELOAD for allocator ``name`` (None: none or absent)."""
+    entry = PRELOAD.get(base_name(name))
+    return peers.find_library(entry[0]) if entry else None
 
 
 def unavailable(name: str) -> str | None:
     """Why allocator ``name`` cannot run here, or None if it can."""
-    if name in PRELOAD:
-        soname, package = PRELOAD[name]
-        if preload_path(name) is None:
-            return f"{soname} not found (apt-get install -y {package})"
+    entry = PRELOAD.get(base_name(name))
+    if entry and preload_path(name) is None:
+        soname, package = entry
+        return f"{soname} not found (apt-get install -y {package})"
     return None
 
 
@@ -126,9 +149,7 @@ def _peer_version(name: str, lib: Any) -> str:
     return "?"
 
 
-def _check_preloaded(
-    name: str, g_malloc: Callable[[int], int], g_free: Callable[[int], None]
-) -> str:
+def _check_preloaded(name: str, malloc: Callable[[int], int], free: Callable[[int], None]) -> str:
     """Check that ``malloc`` in this process is peer ``name``'s; return its version."""
     path = preload_path(name)
     if path is None or path not in os.environ.get("LD_PRELOAD", ""):
@@ -138,7 +159,7 @@ def _check_preloaded(
     if os.path.realpath(where) != os.path.realpath(path):
         raise RuntimeError(f"{name}: malloc resolves to {where or '?'}, not {path}")
     lib = ctypes.CDLL(path)  # the already loaded copy
-    addr = g_malloc(64)
+    addr = malloc(64)
     try:
         if name == "mimalloc":
             lib.mi_is_in_heap_region.restype = ctypes.c_bool
@@ -148,35 +169,48 @@ def _check_preloaded(
         else:
             owned = True  # jemalloc has no ownership query; malloc's mapping was checked
     finally:
-        g_free(addr)
+        free(addr)
     if not owned:
-        raise RuntimeError(f"{name}: g_malloc returned memory the library does not own")
+        raise RuntimeError(f"{name}: malloc returned memory the library does not own")
     return _peer_version(name, lib)
 
 
-def load_allocator(name: str) -> Allocator:
+@dataclass
+class Loaded:
+    allocator: Allocator
+    heap: Any = None
+    """realalloc's heap (for ``python_mallocs``), None for the others."""
+
+
+def load_allocator(name: str) -> Loaded:
     """The allocator ``name`` for this process (peers: LD_PRELOAD set by the runner)."""
-    if name in ("realalloc", "realalloc-nozero"):
+    if name not in ALLOCATORS + EXTRA:
+        known = ", ".join(ALLOCATORS + EXTRA)
+        raise ValueError(f"unknown allocator {name!r}; one of {known}")
+    if name in ("realalloc", "realalloc-zero"):
         import realalloc
         from realalloc import _debug
 
         if _debug.DEBUG != 0:
             raise RuntimeError(f"realalloc runs at REALALLOC_DEBUG={_debug.DEBUG}; set it to 0")
-        heap = realalloc.Heap()
-        malloc = heap.malloc if name == "realalloc" else functools.partial(heap.malloc, zero=False)
-        return Allocator(name, malloc, heap.free, realalloc.__version__, heap.close)
-    if name not in ALLOCATORS:
-        known = ", ".join(ALLOCATORS + EXTRA)
-        raise ValueError(f"unknown allocator {name!r}; one of {known}")
-    lib = peers.load("glibc")
-    if name == "glibc":
+        heap = realalloc.Heap(zero=name == "realalloc-zero")
+        alloc = Allocator(name, heap.malloc, heap.free, realalloc.__version__, heap.close)
+        return Loaded(alloc, heap)
+    base = base_name(name)
+    if name.endswith(CFFI):
+        lib = peers.load("glibc")
+        malloc, free, version_of = lib.g_malloc, lib.g_free, lib.g_version
+    else:
+        mod = peers.load("glibc", "capi")
+        malloc, free, version_of = mod.malloc, mod.free, mod.version
+    if base == "glibc":
         if os.environ.get("LD_PRELOAD"):
             raise RuntimeError("glibc: LD_PRELOAD is set")
-        v = lib.g_version()
+        v = version_of()
         version = f"{v // 100}.{v % 100}"
     else:
-        version = _check_preloaded(name, lib.g_malloc, lib.g_free)
-    return Allocator(name, lib.g_malloc, lib.g_free, version)
+        version = _check_preloaded(base, malloc, free)
+    return Loaded(Allocator(name, malloc, free, version))
 
 
 # -- touching memory -------------------------------------------------------------------------
@@ -297,8 +331,9 @@ def build_memory() -> tuple[str, pathlib.Path]:
 
 
 def build_helpers() -> None:
-    """Build the glibc cffi module (peers.py) and the stamp/check extension, unless cached."""
-    peers.build("glibc")
+    """Build the glibc modules (peers.py) and the stamp/check extension, unless cached."""
+    for flavour in peers.FLAVOURS:
+        peers.build("glibc", flavour)
     build_memory()
 
 

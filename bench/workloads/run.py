@@ -2,9 +2,12 @@
 
 Every (workload, allocator) run is a subprocess of its own, with the
 runner's environment plus ``REALALLOC_DEBUG=0``; peers other than glibc run
-with ``LD_PRELOAD`` set to their library (see workloads/common.py).  Runs are
-interleaved: for each repetition, for each workload, every allocator once
-(A, B, C, ..., then again), so drift in machine speed hits all of them.
+with ``LD_PRELOAD`` set to their library (see workloads/common.py, which
+also says how each allocator is called: realalloc as ``Heap(zero=False)``,
+the peers' ``malloc`` through a C-API module with realalloc's calling
+convention; ``realalloc-zero`` and ``glibc-cffi`` are context rows).  Runs
+are interleaved: for each repetition, for each workload, every allocator
+once (A, B, C, ..., then again), so drift in machine speed hits all of them.
 
 The subprocess first pins itself to one CPU (``--cpu``, default the last
 one; a preloaded allocator has already initialised, seeing every CPU).
@@ -13,19 +16,27 @@ is a context switch there, not a wake-up on another CPU that may be busy,
 which makes multi-threaded runs much less erratic on a shared machine.  Then
 the workload draws its random choices (same seed for every allocator), the
 allocator is loaded, the cyclic GC is switched off, and only ``execute`` is
-timed (``time.perf_counter``).  Peak RSS is the process's ``ru_maxrss``
-after the run, interpreter and drawn plan included, so the RSS at the start
-of ``execute`` is reported as well; the JSON also has the minor page faults
-taken during ``execute``.
+timed, in CPU time of the process (``time.process_time``: every thread, user
+and system) and in wall time (``time.perf_counter``).  Pinned to one CPU, the
+two agree on an idle machine; on a shared one the wall time also counts the
+time other processes held the CPU, so the ratios and targets use CPU time.
+Peak RSS is the process's ``ru_maxrss`` after the run, interpreter and drawn
+plan included, so the RSS at the start of ``execute`` is reported as well;
+the JSON also has the minor page faults taken during ``execute``.
 
-Reported per (workload, allocator): the median wall time over repetitions,
-its ratio to glibc's median, the median peak RSS and the median RSS at the
-start.  The runner checks that every run freed what it allocated and made the
-same number of malloc calls as glibc's run of the same workload.
+Reported per (workload, allocator): the median CPU and wall times over
+repetitions, their ratios to glibc's medians (and, in the target lines, the
+median and quartiles of the per-repetition ratios realalloc / glibc of CPU
+time, runs of one repetition being close in time), the median peak RSS and
+the median RSS at the start; for realalloc, the share of its mallocs that ran Python code
+(``Heap.python_mallocs`` / the workload's malloc calls).  Then each target
+(realalloc / glibc <= 1.5, Python share <= 1 %) as met or NOT met.  The
+runner checks that every run freed what it allocated and made the same
+number of malloc calls as glibc's run of the same workload.
 
 Usage, from the repository root (after ``pip install -e .``)::
 
-    python bench/workloads/run.py                    # 5 repetitions, about 3 minutes
+    python bench/workloads/run.py                    # 15 repetitions, 8-13 minutes here
     python bench/workloads/run.py --quick            # 1 repetition at 1/5 size
     python bench/workloads/run.py --json out.json --workloads larson,large
 """
@@ -52,6 +63,10 @@ from realalloc.tools import workloads as drivers  # noqa: E402  (the drivers: in
 from workloads import common  # noqa: E402  (after the path is set)
 
 WORKLOADS = ("larson", "mstress", "xmalloc-test", "alloc-test", "large")
+TARGET_RATIO = 1.5
+"""realalloc (``Heap(zero=False)``) / glibc, every workload, from the issue."""
+TARGET_PYTHON_PCT = 1.0
+"""realalloc's mallocs that ran Python code, % of its mallocs, every workload."""
 MARK = "RESULT "
 SEED = 20240601
 
@@ -62,30 +77,35 @@ def child(workload: str, allocator: str, scale: float, seed: int, cpu: int) -> N
         os.sched_setaffinity(0, {cpu})
     mod = drivers.load(workload)
     plan = mod.prepare(scale, seed)
-    alloc = common.load_allocator(allocator)
+    loaded = common.load_allocator(allocator)
+    alloc, heap = loaded.allocator, loaded.heap
     mem = common.memory()
     gc.collect()
     gc.disable()
     rss0, peak0 = common.rss_mib(), common.peak_rss_mib()
     faults0 = common.minor_faults()
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     counts = mod.execute(alloc, mem, plan)
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
     faults = common.minor_faults() - faults0
     peak = common.peak_rss_mib()
     gc.enable()
-    alloc.close()
     out = {
         "workload": workload,
         "allocator": allocator,
         "version": alloc.version,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_rss_mib": peak,
         "rss_start_mib": rss0,
         "peak_rss_start_mib": peak0,
         "minor_faults": faults,
         **counts,
     }
+    if heap is not None:
+        out["python_mallocs"] = heap.python_mallocs
+    alloc.close()
     print(MARK + json.dumps(out), flush=True)
 
 
@@ -93,8 +113,9 @@ def spawn(workload: str, allocator: str, scale: float, cpu: int, timeout: float)
     env = dict(os.environ)
     env["REALALLOC_DEBUG"] = "0"
     env.pop("LD_PRELOAD", None)
-    if allocator in common.PRELOAD:
-        env["LD_PRELOAD"] = common.preload_path(allocator) or ""
+    preload = common.preload_path(allocator)
+    if preload:
+        env["LD_PRELOAD"] = preload
     env["PYTHONPATH"] = os.pathsep.join(
         [str(common.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
@@ -138,7 +159,10 @@ def summarize(
                 by[r["allocator"]].append(r)
         ok = {a: [r for r in rs if "error" not in r] for a, rs in by.items()}
         ref_mallocs = {r["mallocs"] for r in ok.get("glibc", [])}
-        base = statistics.median(r["seconds"] for r in ok["glibc"]) if ok.get("glibc") else None
+        ref = ok.get("glibc")
+        base = statistics.median(r["seconds"] for r in ref) if ref else None
+        base_cpu = statistics.median(r["cpu_seconds"] for r in ref) if ref else None
+        ref_by_rep = {r["rep"]: r["cpu_seconds"] for r in ref or []}
         for a in allocators:
             found: dict[str, int] = {}  # problem -> number of runs with it
             for r in by[a]:
@@ -158,6 +182,7 @@ def summarize(
                 rows.append({"workload": w, "allocator": a, "runs": 0, "failed": len(by[a])})
                 continue
             secs = statistics.median(r["seconds"] for r in good)
+            cpu = statistics.median(r["cpu_seconds"] for r in good)
             rows.append(
                 {
                     "workload": w,
@@ -169,38 +194,81 @@ def summarize(
                     "seconds_min": min(r["seconds"] for r in good),
                     "seconds_max": max(r["seconds"] for r in good),
                     "ratio_glibc": secs / base if base else None,
+                    "cpu_seconds": cpu,
+                    "ratio_glibc_cpu": cpu / base_cpu if base_cpu else None,
                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in good),
                     "rss_start_mib": statistics.median(r["rss_start_mib"] for r in good),
                     "minor_faults": statistics.median(r["minor_faults"] for r in good),
                     "mallocs": good[0]["mallocs"],
                 }
             )
+            paired = [
+                r["cpu_seconds"] / ref_by_rep[r["rep"]] for r in good if r["rep"] in ref_by_rep
+            ]
+            if len(paired) > 1:
+                q1, q2, q3 = statistics.quantiles(paired, n=4)
+                rows[-1]["paired_cpu_quartiles"] = [q1, q2, q3]
+            if "python_mallocs" in good[0]:
+                rows[-1]["python_pct"] = statistics.median(
+                    100 * r["python_mallocs"] / r["mallocs"] for r in good
+                )
     return rows, problems
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| workload | allocator | median s | ratio to glibc | peak RSS MiB | RSS at start MiB |",
-        "|----------|-----------|---------:|---------------:|-------------:|-----------------:|",
+        "| workload | allocator | median CPU s | ratio to glibc (CPU) | median wall s "
+        "| ratio to glibc (wall) | peak RSS MiB | RSS at start MiB | mallocs running Python |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if not r["runs"]:
-            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | |")
+            out.append(f"| {r['workload']} | {r['allocator']} | failed | | | | | | |")
             continue
-        ratio = f"{r['ratio_glibc']:.2f}" if r["ratio_glibc"] is not None else "n/a"
-        if r["allocator"].startswith("realalloc"):
-            ratio = f"**{ratio}**"
+        cpu, wall = (
+            f"{r[key]:.2f}" if r[key] is not None else "n/a"
+            for key in ("ratio_glibc_cpu", "ratio_glibc")
+        )
+        if r["allocator"] == "realalloc":
+            cpu = f"**{cpu}**"
+        python = f"{r['python_pct']:.3f} %" if "python_pct" in r else ""
         out.append(
-            f"| {r['workload']} | {r['allocator']} | {r['seconds']:.3f} | {ratio} | "
-            f"{fmt_mib(r['peak_rss_mib'])} | {fmt_mib(r['rss_start_mib'])} |"
+            f"| {r['workload']} | {r['allocator']} | {r['cpu_seconds']:.3f} | {cpu} | "
+            f"{r['seconds']:.3f} | {wall} | {fmt_mib(r['peak_rss_mib'])} | "
+            f"{fmt_mib(r['rss_start_mib'])} | {python} |"
         )
     return "\n".join(out)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets for the realalloc row of each workload: met or not."""
+    out = []
+    for r in rows:
+        if r["allocator"] != "realalloc" or not r["runs"]:
+            continue
+        for what, value, target in (
+            ("realalloc / glibc (CPU time)", r["ratio_glibc_cpu"], TARGET_RATIO),
+            ("realalloc mallocs running Python, %", r.get("python_pct"), TARGET_PYTHON_PCT),
+        ):
+            if value is not None:
+                out.append(
+                    {
+                        "workload": r["workload"],
+                        "what": what,
+                        "value": value,
+                        "target": target,
+                        "met": value <= target,
+                    }
+                )
+                if what.endswith("(CPU time)") and "paired_cpu_quartiles" in r:
+                    out[-1]["paired_quartiles"] = r["paired_cpu_quartiles"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 repetition at 1/5 size")
-    ap.add_argument("--reps", type=int, help="repetitions (default 5; 1 with --quick)")
+    ap.add_argument("--reps", type=int, help="repetitions (default 15; 1 with --quick)")
     ap.add_argument("--scale", type=float, help="work per run (default 1; 0.2 with --quick)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     ap.add_argument("--allocators", default=",".join(common.ALLOCATORS), help="comma-separated")
@@ -217,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args.child[0], args.child[1], scale, args.seed, args.cpu)
         return 0
 
-    reps = args.reps if args.reps is not None else (1 if args.quick else 5)
+    reps = args.reps if args.reps is not None else (1 if args.quick else 15)
     workloads = [w for w in args.workloads.split(",") if w]
     for w in workloads:
         if w not in WORKLOADS:
@@ -237,10 +305,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Build the helper modules once, here, so no run compiles (or races to).
     common.build_helpers()
+    revision = common.peers.git_revision()  # before the run: the checkout may change meanwhile
 
     print(
         f"{len(workloads)} workloads x {len(allocators)} allocators x {reps} repetitions, "
-        f"scale {scale:g}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"scale {scale:g}; realalloc at {revision}, Python {platform.python_version()}, "
+        f"{common.peers.cpu_model()}, {os.cpu_count()} CPUs, "
         + (f"runs pinned to CPU {args.cpu}" if args.cpu >= 0 else "runs not pinned"),
         flush=True,
     )
@@ -256,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
                     done = f"FAILED: {res['error']}"
                 else:
                     done = f"{res['seconds']:.3f} s, peak {res['peak_rss_mib']:.1f} MiB"
-                print(f"  rep {rep + 1}/{reps}  {w:<12} {a:<9} {done}", file=sys.stderr, flush=True)
+                line = f"  rep {rep + 1}/{reps}  {w:<12} {a:<14} {done}"
+                print(line, file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t_start
 
     rows, problems = summarize(runs, workloads, allocators)
@@ -265,10 +336,22 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows))
     print()
     print(f"Versions: {', '.join(versions)}.  Total {elapsed:.0f} s.")
+    checks = verdicts(rows)
+    for v in checks:
+        verdict = "met" if v["met"] else "NOT met"
+        spread = ""
+        if "paired_quartiles" in v:
+            q1, q2, q3 = v["paired_quartiles"]
+            spread = f"; per repetition: median {q2:.2f}, quartiles {q1:.2f}-{q3:.2f}"
+        print(
+            f"{v['workload']}: {v['what']} {v['value']:.3f} "
+            f"(target <= {v['target']}: {verdict}{spread})"
+        )
     for p in problems:
         print(f"PROBLEM: {p}")
     if args.json:
         meta = {
+            "revision": revision,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "reps": reps,
@@ -277,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": args.cpu,
             "elapsed_s": elapsed,
         }
-        doc = {"meta": meta, "table": rows, "runs": runs, "problems": problems}
+        doc = {"meta": meta, "table": rows, "verdicts": checks, "runs": runs, "problems": problems}
         pathlib.Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 1 if problems else 0
 

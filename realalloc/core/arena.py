@@ -113,7 +113,7 @@ class ArenaIndex:
     __slots__ = ("_arenas", "_l2_memory", "lock")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
         self._arenas: dict[int, HeapArena] = {}
         self._l2_memory: list[Any] = [None] * (1 << ARENA_L1_BITS)  # keeps the C arrays alive
 

@@ -16,8 +16,15 @@ cache flush moves them in C without Python.  Python owns the policy:
   before C gives the rest back to the page heap: one batch.  So a class
   whose spans hold one object does not ping-pong pages with the page heap.
 
-``reclaim`` sweeps every dirty stack and gives back every empty span
-(``Heap.scavenge``, the background scavenger and ``Heap.reclaim`` call it).
+* **kept large spans** (``LARGE_KEPT``): the two large-object classes (0
+  and 1) use their empty list for freed large objects' spans, up to this
+  many each, oldest given back first: a malloc of the same page count takes
+  one in C, without Python (tcmalloc and glibc reuse freed large blocks the
+  same way; Go gives the pages back and searches again).
+
+``reclaim`` sweeps every dirty stack and gives back every empty span and
+every kept large span (``Heap.scavenge``, the background scavenger,
+``Heap.reclaim`` and the memory limit's admission call it).
 
 Invariants (checked by ``check``):
   CENTRAL-1: every live small-object span is cached by exactly one thread
@@ -35,13 +42,14 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ..errors import HeapCorruption
-from .osmem import lib
+from .osmem import ffi, lib
 from .sizeclasses import CLASS_TO_NPAGES, NUM_SPAN_CLASSES, PAGE_SIZE
 
-__all__ = ["CentralPolicy"]
+__all__ = ["LARGE_KEPT", "CentralPolicy", "reclaim"]
 
 FIRST_BATCH_BYTES: Final = 64 << 10
 MAX_BATCH_BYTES: Final = 1 << 20
+LARGE_KEPT: Final = 16
 
 _LISTS: Final = (
     ("partial", lib.RA_LIST_PARTIAL),
@@ -62,6 +70,8 @@ class CentralPolicy:
         for spc in range(2, NUM_SPAN_CLASSES):
             self.batch[spc] = max(1, FIRST_BATCH_BYTES // self._span_bytes(spc))
             h.central[spc].empty_max = self.batch[spc]
+        for spc in (0, 1):
+            h.central[spc].empty_max = LARGE_KEPT
 
     @staticmethod
     def _span_bytes(spc: int) -> int:
@@ -85,22 +95,22 @@ class CentralPolicy:
         return now
 
     def reclaim(self) -> None:
-        """Sweep every class's pending frees; give every empty span back."""
-        for spc in range(2, NUM_SPAN_CLASSES):
-            lib.ra_central_reclaim(self._h, spc)
+        reclaim(self._h)
 
     def check(self, cached: set[int]) -> int:
         """Verify CENTRAL-2/3 and the listed half of CENTRAL-1; return how many
-        spans are listed.  ``cached``: ids of the spans thread caches own.
-        Run with the world stopped."""
+        small-object spans are listed.  ``cached``: ids of the spans thread
+        caches own.  Run with the world stopped."""
         listed = 0
-        for spc in range(2, NUM_SPAN_CLASSES):
+        for spc in range(NUM_SPAN_CLASSES):
             ce = self._h.central[spc]
             for name, tag in _LISTS:
                 n = 0
                 s = ce.list[tag]
+                last = ffi.NULL
                 while s:
                     n += 1
+                    last = s
                     sid = int(s.id)
                     if s.cached or sid in cached or s.spanclass != spc or s.list != tag:
                         raise HeapCorruption(
@@ -121,15 +131,22 @@ class CentralPolicy:
                             f"{int(s.alloc_count)}/{int(s.nelems)} slots allocated"
                         )
                     s = s.next
-                if n != ce.count[tag]:
+                if n != ce.count[tag] or ce.tail[tag] != last:
                     raise HeapCorruption(
                         f"CENTRAL-3: {name}[{spc}] holds {n} spans, its count says "
-                        f"{int(ce.count[tag])}"
+                        f"{int(ce.count[tag])}, or its tail is not its last span"
                     )
-                listed += n
+                listed += n if spc >= 2 else 0
             s = ce.dirty
             while s:
                 if not s.in_dirty:
                     raise HeapCorruption(f"CENTRAL-3: span {int(s.id)} is stacked but not dirty")
                 s = s.next_dirty
         return listed
+
+
+def reclaim(h: Any) -> None:
+    """Sweep every class's pending frees; give back every empty span and every
+    kept large span (C, class by class; no lock of Python's needed)."""
+    for spc in range(NUM_SPAN_CLASSES):
+        lib.ra_central_reclaim(h, spc)

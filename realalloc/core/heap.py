@@ -9,8 +9,9 @@ lists, runs no Python.  Everything else lands in the slow paths declared in
 realalloc/_fast.pyi and defined here:
 
 * ``_malloc_slow``: argument errors, large objects (> 32 KiB, their own span
-  of class 0/1 from MHeap), the first allocation of a thread (it creates the
-  thread's MCache), and any call that found the heap stopped;
+  of class 0/1 from MHeap) that no kept span of their page count serves, the
+  first allocation of a thread (it creates the thread's MCache), and any
+  call that found the heap stopped;
 * ``_grow_central``: a span class has no span with room: bring a batch;
 * ``_free_slow``: every address C could not free, diagnosed into the
   specific error (realalloc/core/locate.py).
@@ -101,10 +102,9 @@ if __version__ != _fast.VERSION:  # pragma: no cover - depends on the build
 MAX_HEAPS: Final[int] = lib.RA_MAX_HEAPS
 """Heaps open at once in one process (each has a slot in every thread's table)."""
 _OK: Final = lib.RA_OK
-_NEED_SPANS: Final = lib.RA_NEED_SPANS
 _ADDR_MAX: Final = (1 << 64) - 1
 _gens = itertools.count(1)
-_slots_lock = threading.Lock()
+_slots_lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
 
 
 def _new_slots_lock() -> None:
@@ -112,7 +112,7 @@ def _new_slots_lock() -> None:
     Heap() or close()) is not there, so the lock would stay held for good.
     At worst that thread's slot is lost to the child."""
     global _slots_lock
-    _slots_lock = threading.Lock()
+    _slots_lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_new_slots_lock)
@@ -241,35 +241,29 @@ class Heap(_fast.HeapBase):
     def _malloc_slow(self, *args: object, **kwargs: object) -> int:
         """malloc when the fast path could not: see the module docstring."""
         self._refuse_during_check("malloc")
-        self.python_mallocs += 1
         size, scan, zero = _malloc_arguments(args, kwargs, self._zero)
-        noscan = not scan
         if size > MAX_SMALL_SIZE:
+            self.python_mallocs += 1
             npages = -(-size // PAGE_SIZE)
             if npages > MAX_PAGES:
                 raise OutOfMemoryError(f"malloc({size:#x}): larger than the address space")
             span = self.mheap.alloc_span(
-                npages, SpanState.IN_USE, int(noscan), zero=zero, what=f"malloc({size})"
+                npages, SpanState.IN_USE, int(not scan), zero=zero, what=f"malloc({size})"
             )
             return span.base
-        cache = self._my_cache()
-        h = self.c
-        spc = lib.ra_span_class_for(size, noscan)  # the fast path's own rule
-        for _ in range(4):
-            addr = int(lib.ra_cache_malloc(h, cache.c, size, noscan, zero))
-            if addr:
-                return addr
-            if lib.ra_cache_refill(h, cache.c, spc) == _NEED_SPANS:
-                self._bring_spans(spc)
-        raise HeapCorruption(f"CACHE-1: span class {spc} has no free slot after refills")
+        # A small object: with this thread's cache in place the fast path can
+        # serve it; inside the heap now, it does even while a stop waits.
+        self._my_cache()
+        counted = self.python_mallocs
+        addr = self.malloc(size, scan=scan, zero=zero)
+        if self.python_mallocs == counted:  # _grow_central did not count this call
+            self.python_mallocs += 1
+        return addr
 
     def _grow_central(self, spc: int) -> None:
-        """The fast path found no span with room in class ``spc``."""
+        """Span class ``spc`` has no span with room: bring a batch (called by
+        the fast path's refill)."""
         self.python_mallocs += 1
-        self._bring_spans(spc)
-
-    def _bring_spans(self, spc: int) -> None:
-        """Span class ``spc`` has no span with room: bring a batch."""
         if self._scavenger is not None:
             self._scavenger.start()  # a no-op unless a fork or a first growth needs it
         what = f"malloc of a {CLASS_TO_SIZE[spc >> 1]}-byte object"

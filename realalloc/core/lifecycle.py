@@ -30,10 +30,10 @@ heap's ``__del__`` does nothing: daemon threads may be frozen inside it
 (Python 3.13 stops them), so waiting for them could hang, and the process
 is about to give all of its memory back anyway.
 
-Locking: the registries are WeakSets, changed under ``_registry_lock``.  It
-is re-entrant: changing a WeakSet allocates a weakref, which can run the
-cyclic GC, whose finalizers can close a heap (``Heap.__del__``), which
-unregisters it on the same thread while the lock is held.
+Locking: the registries are WeakSets, changed under ``_registry_lock``
+(re-entrant: changing a WeakSet allocates a weakref, which can run the
+cyclic GC, whose finalizer of a heap closes it and unregisters it on the
+same thread; see realalloc/_debug.py).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["register_heap", "register_mheap", "unregister_heap"]
 
-_registry_lock = threading.RLock()  # re-entered by finalizers: see Locking above
+_registry_lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
 _heaps: weakref.WeakSet[Heap] = weakref.WeakSet()
 _mheaps: weakref.WeakSet[MHeap] = weakref.WeakSet()
 _stopped: list[Heap] = []  # heaps whose world the fork stopped

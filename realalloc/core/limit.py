@@ -8,8 +8,9 @@ before pages become the heap's (a span, a batch of spans, a new arena) the
 request is admitted here, under ``MHeap.lock`` and in the same critical
 section that then takes the pages, so concurrent requests cannot each pass
 the check and together exceed the limit.  A request that does not fit first
-releases free pages; if that is not enough it raises OutOfMemoryError and
-nothing changes (the free pages it released stay released).
+gives back the spans kept for reuse (realalloc/core/central.py) and releases
+free pages; if that is not enough it raises OutOfMemoryError and no object
+changes (the pages it released stay released).
 
 What a request may add is counted exactly: its pages, one slab of span
 records if the pool has too few free ones, and the metadata of the arenas
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from .._debug import assert_lock_held
 from ..errors import OutOfMemoryError
 from .arena import ARENA_META_BYTES
+from .central import reclaim
 from .sizeclasses import PAGE_SIZE, PAGES_PER_ARENA
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ def admit_locked(mheap: MHeap, npages: int, pool: int, nrecords: int, what: str)
     need = npages * PAGE_SIZE + records + arenas
     over = mheap.retained_locked() + need - limit
     if over > 0:
+        # Spans kept for reuse (empty ones, freed large ones) first: then
+        # their pages are free and can be released with the rest.
+        reclaim(mheap.h)
         mheap.pages.scavenge(over)
         over = mheap.retained_locked() + need - limit
     if over > 0:

@@ -75,6 +75,10 @@ def locate(mheap: MHeap, addr: int, op: str) -> Located:
     if c.state != SpanState.IN_USE:
         raise ForeignPointerError(f"{where}: inside pages handed out whole, not an object")
     if c.spanclass < 2:
+        if not c.alloc_count:  # freed; its span waits on its central for reuse
+            if addr == base:
+                raise DoubleFreeError(f"{where}: the large object was already freed")
+            raise ForeignPointerError(f"{where}: inside a freed large object at {base:#x}")
         if addr != base:
             raise InteriorPointerError(
                 f"{where}: points {addr - base} bytes into the large object at {base:#x}"

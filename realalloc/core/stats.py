@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any, Final
 from ..errors import HeapCorruption
 from .osmem import ffi, lib
 from .sizeclasses import (
-    CLASS_TO_NPAGES,
     CLASS_TO_SIZE,
     NUM_SIZE_CLASSES,
     NUM_SPAN_CLASSES,
@@ -164,10 +163,8 @@ def collect(mheap: MHeap) -> MemStats:
     # Empty spans kept on central lists for reuse hold no object: Go frees
     # such a span to the page heap at once, so they count as idle, not in use.
     central = mheap.h.central
-    empty = sum(
-        int(central[spc].count[lib.RA_LIST_EMPTY]) * CLASS_TO_NPAGES[spc >> 1]
-        for spc in range(2, NUM_SPAN_CLASSES)
-    )
+    # So do freed large objects' spans kept for reuse (classes 0 and 1).
+    empty = sum(int(central[spc].empty_pages) for spc in range(NUM_SPAN_CLASSES))
     inuse = (int(counts.inuse_pages) - empty) * PAGE_SIZE
     manual = int(counts.manual_pages) * PAGE_SIZE
     os_stats = mheap.os.stats()

@@ -7,8 +7,11 @@ of every realalloc heap is reported to it (``PyTraceMalloc_Track`` /
 ``Untrack``) in the domain ``TRACEMALLOC_DOMAIN``, with the Python line that
 made the call, so a snapshot filtered with
 ``tracemalloc.DomainFilter(True, realalloc.TRACEMALLOC_DOMAIN)`` shows
-realalloc memory by line.  Arrays numpy allocates through realalloc's data
-allocator are traced by numpy in its own domain and not again here.
+realalloc memory by line.  ``realloc`` makes its new object from inside
+realalloc's own Python code, so that trace's innermost frame is realalloc's:
+trace with more than one frame (``tracemalloc.start(8)``) to see the caller.
+Arrays numpy allocates through realalloc's data allocator are traced by
+numpy in its own domain and not again here.
 
 Cost when tracemalloc is off: the C fast path tests one flag instead of
 calling into tracemalloc twice per malloc/free pair.  The flag must follow

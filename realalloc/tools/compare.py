@@ -6,7 +6,9 @@ realalloc/tools/workloads/__init__.py for the workloads.
 Allocators (``--designs``, a comma-separated subset, in this order):
 
   freelist, segregated, tcmalloc   the seed's designs (realalloc.designs), over MHeap
-  go                               realalloc.Heap(), Go's allocator, over MHeap
+  go                               realalloc.Heap(zero=False), Go's allocator, over
+                                   MHeap (memory not cleared, as glibc's malloc and
+                                   the designs hand it out)
   glibc                            the C library's malloc and free, called through
                                    ctypes (keeping the GIL), nothing in LD_PRELOAD
 
@@ -169,7 +171,7 @@ def _open(name: str) -> _Target:
     if name == "go":
         import realalloc
 
-        heap = realalloc.Heap()
+        heap = realalloc.Heap(zero=False)  # like for like: no allocator here clears
 
         def go_sample() -> Sample:
             st = heap.stats()

@@ -17,6 +17,7 @@ What a page is (``PageKind``), decided from the arena's C metadata (the
     ...                    <= 8 KiB      SMALL_8K
     ...                    <= 32 KiB     SMALL_32K
     span IN_USE, list RA_LIST_EMPTY      EMPTY_SPAN no object: idle on its central list
+                                                    (a freed large object's span too)
     span IN_USE, span class 0 or 1       LARGE      one large object
     span MANUAL                          MANUAL     whole pages for MHeap.alloc_manual
 
@@ -280,11 +281,11 @@ def _span_kind(ptr: int) -> tuple[PageKind, int]:
         return PageKind.MANUAL, 0
     if state != lib.RA_SPAN_IN_USE:  # the record was freed after spans[] was read
         return PageKind.FREE, 0
-    if spc < 2:
-        return PageKind.LARGE, 0
     size_class = spc >> 1
     if s.list == lib.RA_LIST_EMPTY:
         return PageKind.EMPTY_SPAN, size_class
+    if spc < 2:
+        return PageKind.LARGE, 0
     if spc == TINY_SPAN_CLASS:
         return PageKind.TINY, size_class
     size = CLASS_TO_SIZE[size_class]
@@ -537,17 +538,18 @@ def build_demo_heap(arenas: int = 1) -> Heap:
     3. large: 6 x 256 KiB, 3 x 1 MiB;
     4. freed and scavenged: 12 x 512 KiB, every other one freed, then
        ``heap.scavenge()``: released holes between resident large objects;
-    5. after the scavenge, freed and left resident: the 2000 objects of 512 B,
-       then one more allocated (its refill sweeps the frees, and the emptied
-       spans idle on their central list), and two of the 256 KiB objects (free
-       pages not released);
+    5. after the scavenge, freed and left resident: two of the 256 KiB objects,
+       their spans given back to the page heap at once (``heap.reclaim()``;
+       free pages not released), then the 2000 objects of 512 B and one more
+       allocated (its refill sweeps the frees, and the emptied spans idle on
+       their central list);
     6. a manual span of 48 pages (``heap.mheap.alloc_manual``), the first half written;
     7. a large object of 8 MiB, only its first 2 MiB written (the rest is not
        resident);
     8. while the heap has fewer than ``arenas`` arenas: a large object of
        16-52 MiB (varying), its first 128 KiB to 1 MiB written, then 256 KiB of
        64 B, 4 KiB or 24 KiB objects (in turn); every third large object is
-       freed again (free pages, resident where written).
+       freed again (its span kept for reuse: idle, resident where written).
 
     No background scavenger, so the picture shows what these steps did.  The
     caller closes the heap."""
@@ -578,17 +580,18 @@ def _fill_demo(heap: Heap, arenas: int) -> None:
     for addr in holes[::2]:
         free(addr)
     heap.scavenge()
+    free(large[1])
+    free(large[3])
+    heap.reclaim()  # their spans, kept for reuse, go back to the page heap
     for addr in smalls[512]:
         free(addr)
     malloc(512)  # its refill sweeps those frees: the emptied spans idle on the central
-    free(large[1])
-    free(large[3])
     manual = heap.mheap.alloc_manual(48)
     _touch(manual.base, 24 * PAGE_SIZE)
     _touch(malloc(8 << 20), 2 << 20)
     # Growing: each step a large object, then 256 KiB of small objects of one of
     # three sizes (first fit puts them in the lowest arena with room); every
-    # third large object is freed again, its written pages left resident.
+    # third large object is freed again (its span kept for reuse, written pages resident).
     step = 0
     while len(heap.mheap.arenas) < arenas:
         step += 1
