@@ -537,7 +537,10 @@ class Heap(_fast.HeapBase):
                 f"CENTRAL-1: {len(small)} object spans, {listed} on central lists, "
                 f"{len(cached)} cached"
             )
-        st = self.stats()
+        # collect, not stats(): entering the heap again would let a signal
+        # handler's malloc take the fast path (a thread inside the heap does
+        # even while it is stopped) and change the counters under the check.
+        st = collect(self.mheap)
         st.check()
         live = sum(int(s.c.alloc_count) - int(s.c.nfreed) for s in small)
         counted = sum(c.mallocs - c.frees for c in st.by_size)
