@@ -812,9 +812,9 @@ def scenario_gc_cycles(rounds: int = 12, nodes: int = 60) -> dict[str, Any]:
         if phase != "start":
             return
         Node.tally["collections"] += 1
-        frame = sys._getframe(1)
+        frame = sys._getframe().f_back  # None when no Python code runs below
         while frame is not None and not interrupted_in_realalloc(frame):
-            frame = frame.f_back  # type: ignore[assignment]
+            frame = frame.f_back
         Node.tally["inside"] += frame is not None
 
     old = gc.get_threshold()
@@ -1131,7 +1131,7 @@ EXIT_CASES = {
         "        threading.Event().wait()\n"
         "def stuck():\n"
         "    sys.settrace(tracer)\n"
-        "    h.malloc(1 << 20)\n"
+        "    h.malloc(3 << 20)  # no freed span of its size to reuse: MHeap\n"
         "threading.Thread(target=stuck, daemon=True).start()\n"
         "assert inside.wait(60)\n"
         "time.sleep(0.3)  # the scavenger wakes every 0.1 s and blocks\n"
