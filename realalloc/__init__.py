@@ -143,6 +143,7 @@ Debugging: ``REALALLOC_DEBUG=0..3`` grades internal checks (realalloc/_debug.py)
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +176,16 @@ from .integrations.tracing import TRACEMALLOC_DOMAIN
 
 _DEFAULT_METHODS = ("malloc", "free", "alloc", "realloc", "usable_size")
 _default_lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
+
+
+def _new_default_lock() -> None:
+    """In a forked child: the thread that was making the default heap at the
+    fork is not there, and would hold its lock for good."""
+    global _default_lock
+    _default_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_default_lock)
 _default: Heap | None = None
 
 if TYPE_CHECKING:

@@ -25,12 +25,14 @@ Invariants (checked by Heap.check):
 
 Locking: only the owning thread touches its MCache; ``__del__`` runs after it
 ended.  A cache of a closed heap is marked released by MHeap.close, and then
-never touches the heap again.
+never touches the heap again.  A thread that ends after close began but
+before MHeap.close detached the caches is refused by the heap: its record is
+still on the heap's list, which that detaching walk writes to, so its C
+memory goes to ``MHeap.retired_caches`` instead of being freed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -69,5 +71,9 @@ class MCache:
         if heap is None:
             lib.ra_cache_release(self._h, self.c, 1)
             return
-        with contextlib.suppress(HeapClosedError):  # close detached every cache already
+        try:
             heap._inside(lib.ra_cache_release, self._h, self.c, 1)
+        except HeapClosedError:
+            # Closed, and maybe not yet detached (see Locking): the page heap
+            # keeps the record, so the heap's list never links freed memory.
+            heap.mheap.retired_caches.append(self.c)

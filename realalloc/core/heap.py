@@ -57,6 +57,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from .. import _fast
+from .._debug import HeapLock
 from .._version import __version__
 from ..errors import (
     ArgumentTypeError,
@@ -104,6 +105,17 @@ _OK: Final = lib.RA_OK
 _ADDR_MAX: Final = (1 << 64) - 1
 _gens = itertools.count(1)
 _slots_lock = threading.RLock()  # re-entrant: see realalloc/_debug.py (finalizers)
+
+
+def _new_slots_lock() -> None:
+    """In a forked child: the thread that held the slot lock at the fork (in
+    Heap() or close()) is not there, so the lock would stay held for good.
+    At worst that thread's slot is lost to the child."""
+    global _slots_lock
+    _slots_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_slots_lock)
 _free_slots = list(range(MAX_HEAPS - 1, -1, -1))
 
 
@@ -179,6 +191,12 @@ class Heap(_fast.HeapBase):
                 raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
         self._zero = zero
         self.python_mallocs = 0
+        # Held by the thread that runs check(), with the world stopped: a call
+        # from a finalizer or signal handler in the middle of it must not
+        # change what the check is reading (see _refuse_during_check).  First,
+        # so that the close of a Heap() cut short finds it.
+        self._checking = HeapLock("Heap.check")
+        self._frees_after_check: list[int] = []
         self._slot: int | None = _fast.locked(_slots_lock, _take_slot)
         try:
             self.mheap = MHeap()
@@ -222,6 +240,7 @@ class Heap(_fast.HeapBase):
 
     def _malloc_slow(self, *args: object, **kwargs: object) -> int:
         """malloc when the fast path could not: see the module docstring."""
+        self._refuse_during_check("malloc")
         size, scan, zero = _malloc_arguments(args, kwargs, self._zero)
         if size > MAX_SMALL_SIZE:
             self.python_mallocs += 1
@@ -254,6 +273,8 @@ class Heap(_fast.HeapBase):
         """free of an address the fast path refused: free it if it can be
         freed now (the heap was stopped), else raise the specific error."""
         where = _address(addr, "free")
+        if self._checking.held():
+            return self._free_after_check(where)
         cache = getattr(self._local, "cache", None)
         if lib.ra_heap_free(self.c, where, cache.c if cache is not None else ffi.NULL) == _OK:
             return
@@ -301,8 +322,12 @@ class Heap(_fast.HeapBase):
         return None if span is None else span.info()
 
     def stats(self) -> MemStats:
-        """Go's runtime.MemStats for this heap, from counters (no heap walk)."""
-        return self._inside(collect, self.mheap)
+        """Go's runtime.MemStats for this heap, from counters (no heap walk).
+        Read under MHeap.lock, so the page numbers are of one moment: a growth
+        on another thread maps an arena before its pages count as released,
+        and in between heap_idle - heap_released would be 64 MiB too high."""
+        st: MemStats = self._inside(self.mheap.lock.run, collect, self.mheap)
+        return st
 
     def spans(self) -> Iterator[SpanInfo]:
         """Every live span, walked now (a full picture; stats() is the cheap one)."""
@@ -333,6 +358,7 @@ class Heap(_fast.HeapBase):
         return self._inside(self._scavenge_inside, nbytes)
 
     def _scavenge_inside(self, nbytes: int | None) -> int:
+        self._refuse_during_check("scavenge")
         if nbytes is None:
             cache: MCache | None = getattr(self._local, "cache", None)
             if cache is not None:
@@ -342,6 +368,7 @@ class Heap(_fast.HeapBase):
 
     def reclaim(self) -> None:
         """Sweep every class's pending frees and return empty spans to MHeap."""
+        self._refuse_during_check("reclaim")
         self._inside(self.central.reclaim)
 
     def set_memory_limit(self, nbytes: int | None) -> None:
@@ -360,6 +387,8 @@ class Heap(_fast.HeapBase):
         go back to the heap when cffi frees them."""
         if not isinstance(zero, bool):
             raise ArgumentTypeError(f"zero must be a bool, not {type(zero).__name__}")
+        if self.closed:  # as every method of a closed heap (its allocations would refuse)
+            raise HeapClosedError("the heap is closed")
         new_allocator = getattr(ffi, "new_allocator", None)
         if new_allocator is None:
             raise ArgumentTypeError(f"ffi must be a cffi FFI, not {type(ffi).__name__}")
@@ -391,19 +420,47 @@ class Heap(_fast.HeapBase):
     def check(self) -> None:
         """Verify every invariant of every layer; raise HeapCorruption naming
         the broken one.  Stops the world while it runs, so it is exact while
-        other threads use the heap (they wait)."""
-        self._alone(self._check_stopped)
+        other threads use the heap (they wait).
+
+        A finalizer or signal handler that calls in while it runs on this
+        thread cannot change the heap under it: malloc, scavenge, reclaim,
+        close and check raise ReentrancyError; a free is diagnosed at once
+        and done when the check is (frees always work: a collected Buffer
+        frees its object)."""
+        self._refuse_during_check("check")
+        self._alone(self._checking.run, self._check_stopped)
+        while self._frees_after_check:
+            self.free(self._frees_after_check.pop())
 
     def close(self) -> None:
         """Unmap all memory.  Idempotent.  BufferError while a Buffer is
         exported; other threads' calls in progress finish first, later ones
         raise HeapClosedError."""
+        self._refuse_during_check("close")
         if not self.closed:
             with contextlib.suppress(HeapClosedError):  # another thread closed it meanwhile
                 self._alone(self._close_alone)
         self._teardown()
 
     # -- helpers ----------------------------------------------------------
+
+    def _refuse_during_check(self, op: str) -> None:
+        """ReentrancyError when check() runs on this thread: the call came
+        from a finalizer or signal handler in the middle of it (the world is
+        stopped, so no other thread gets this far)."""
+        if self._checking.held():
+            raise ReentrancyError(
+                f"{op}: called while check() runs on this thread (from a finalizer or "
+                "signal handler); it would change the heap under the check"
+            )
+
+    def _free_after_check(self, where: int) -> None:
+        """free while check() runs on this thread: the error now if ``where``
+        is not a live object, else the free itself when the check is done."""
+        locate(self.mheap, where, "free")
+        if where in self._frees_after_check:
+            raise DoubleFreeError(f"free({where:#x}): already freed (done after check())")
+        self._frees_after_check.append(where)
 
     def _close_alone(self) -> None:
         if not self.closed:
@@ -480,7 +537,10 @@ class Heap(_fast.HeapBase):
                 f"CENTRAL-1: {len(small)} object spans, {listed} on central lists, "
                 f"{len(cached)} cached"
             )
-        st = self.stats()
+        # collect, not stats(): entering the heap again would let a signal
+        # handler's malloc take the fast path (a thread inside the heap does
+        # even while it is stopped) and change the counters under the check.
+        st = collect(self.mheap)
         st.check()
         live = sum(int(s.c.alloc_count) - int(s.c.nfreed) for s in small)
         counted = sum(c.mallocs - c.frees for c in st.by_size)

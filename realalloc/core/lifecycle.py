@@ -15,6 +15,10 @@ then release them; the child also:
 * forgets the background scavenger's thread, which is not in the child, so
   that the next growth starts a new one.
 
+The two locks it does not take, the heap-slot lock (Heap() and close) and
+the default heap's, are made anew in the child instead (core/heap.py,
+realalloc/__init__.py): a thread holding one at the fork is not there.
+
 C locks need nothing: they are never held while Python runs, and the
 forking thread is running Python.  ``fork`` from inside a heap call (a
 signal handler that forks) cannot stop that heap's world; it is skipped,
@@ -26,7 +30,10 @@ heap's ``__del__`` does nothing: daemon threads may be frozen inside it
 (Python 3.13 stops them), so waiting for them could hang, and the process
 is about to give all of its memory back anyway.
 
-Locking: the registries are WeakSets, changed under ``_registry_lock``.
+Locking: the registries are WeakSets, changed under ``_registry_lock``
+(re-entrant: changing a WeakSet allocates a weakref, which can run the
+cyclic GC, whose finalizer of a heap closes it and unregisters it on the
+same thread; see realalloc/_debug.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ changes (the pages it released stay released).
 
 What a request may add is counted exactly: its pages, one slab of span
 records if the pool has too few free ones, and the metadata of the arenas
-the heap must grow by if the free pages cannot hold it.
+the heap must grow by if the free pages cannot hold it.  An arena page map
+that scavenge released counts as resident all along (MHeap.retained_locked):
+a span installed in that arena brings it back without asking.
 
 Locking: Caller must hold ``MHeap.lock``.
 """

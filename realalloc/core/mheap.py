@@ -123,6 +123,9 @@ class MHeap:
         # Metadata held elsewhere (the Heap's thread caches), for the limit.
         self.extra_metadata: Callable[[], int] = lambda: 0
         self.on_grow: Callable[[], None] = lambda: None  # called after each growth
+        # Records of thread caches whose thread ended while the heap was
+        # closing, kept until _close_locked has detached them (cache.py).
+        self.retired_caches: list[Any] = []
         register_mheap(self)
 
     # -- spans --------------------------------------------------------------
@@ -304,11 +307,14 @@ class MHeap:
         )
 
     def retained_locked(self) -> int:
-        """Bytes that may be resident: heap pages not released, plus metadata."""
+        """Bytes that may be resident: heap pages not released, plus metadata.
+        A page map released by scavenge counts as resident: a span installed
+        in its arena brings it back (C writes it) without asking the limit."""
         assert_lock_held(self.lock)
         pages = self.pages
         resident = (pages.npages_total - pages.npages_scavenged) * PAGE_SIZE
-        return resident + self.metadata().total + self.extra_metadata()
+        maps = sum(_PAGE_MAP_BYTES for a in self.arenas if a.meta.maps_released)
+        return resident + self.metadata().total + maps + self.extra_metadata()
 
     # -- growth ---------------------------------------------------------------
 
@@ -358,12 +364,14 @@ class MHeap:
         # Thread caches die with their threads later: they must not touch
         # the span records unmapped here.  No cache leaves the list
         # meanwhile: a thread's end releases its cache inside the heap,
-        # which refuses once closed (Heap.close).
+        # which refuses once closed (Heap.close); the record of a cache
+        # refused so waits in retired_caches, never freed while listed.
         c = self.h.caches
         while c:
             c.released = 1
             c = c.next
         self.h.caches = ffi.NULL
+        self.retired_caches.clear()  # detached: their memory may go now
         for arena in self.arenas:
             ARENAS.remove(arena)
         self.arenas = []
