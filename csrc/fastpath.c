@@ -318,11 +318,12 @@ static PyObject *buffer_repr(Buffer *self) {
 
 static void buffer_dealloc(Buffer *self) {
     if (self->weakrefs) PyObject_ClearWeakRefs((PyObject *)self);
-    if (buffer_live(self)) { /* collected while allocated: give the memory back */
+    if (buffer_live(self)) { /* collected while allocated: give the memory back (a close
+                                meanwhile took it already: HeapClosedError is no news) */
         PyObject *et, *ev, *tb;
         PyErr_Fetch(&et, &ev, &tb); /* an exception may be in flight around us */
-        if (free_addr(self->heap, NULL, self->addr) < 0)
-            PyErr_WriteUnraisable((PyObject *)self->heap); /* not self: its refcount is 0 */
+        if (free_addr(self->heap, NULL, self->addr) < 0 && !PyErr_ExceptionMatches(err_closed))
+            PyErr_WriteUnraisable((PyObject *)self->heap); /* not self: refcount 0 */
         PyErr_Restore(et, ev, tb);
     }
     Py_DECREF(self->heap);
