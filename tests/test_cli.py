@@ -28,6 +28,7 @@ def test_classes_prints_one_row_per_class_in_gos_column_order(capsys):
         assert int(row[6]) == info.min_align
 
 
+@pytest.mark.slow
 def test_tour_runs_as_a_module_and_reports_rss():
     out = subprocess.run(
         [sys.executable, "-m", "realalloc", "tour"], capture_output=True, text=True, check=True

@@ -308,6 +308,7 @@ def test_racing_frees_of_one_object_succeed_exactly_once(heap):
     assert_all_returned(heap)
 
 
+@pytest.mark.slow
 def test_large_objects_churned_on_many_threads_keep_exact_byte_counts(heap):
     """Every thread allocates and frees large objects of different sizes at once; a
     tiny switch interval makes the threads interleave inside the slow paths.  At
@@ -409,6 +410,7 @@ def test_close_while_other_threads_are_idle():
 # --- everything at once ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_churn_with_handoffs_readers_and_scavenges(heap):
     """Random malloc / realloc / free on 8 threads with hand-offs between them, while
     a reader thread takes stats and an explicit scavenger releases free pages.  A

@@ -151,6 +151,7 @@ def test_growth_fault_on_a_fresh_heap_for_every_kind_of_object(op):
         assert h.stats().heap_objects <= 1  # this thread's tiny block
 
 
+@pytest.mark.slow
 def test_nfail_then_every(heap, live):
     """inject_faults("reserve", 2, 3): the next two reserves fail, then every third.
     Each 40 MiB object needs a new 64 MiB arena, so each attempt is one reserve."""

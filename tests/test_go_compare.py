@@ -335,6 +335,7 @@ def test_heap_inuse_growth_matches_go(
     )
 
 
+@pytest.mark.slow
 def test_roundupsize_matches_go(memstats_binary: Path) -> None:
     """Go's roundupsize(n) for n = 1..32768 is realalloc's roundupsize and usable_size."""
     go = run_go(memstats_binary, "roundup", str(MAX_SMALL_SIZE))

@@ -222,6 +222,7 @@ def test_objects_of_one_class_fill_several_spans(heap, scan):
     heap.check()
 
 
+@pytest.mark.slow
 def test_usable_size_is_roundupsize_for_every_small_size(heap):
     # scan=True: every size 1..32768; noscan: every size from 16 (below is tiny).
     for scan, first in ((True, 1), (False, 16)):
@@ -271,6 +272,7 @@ def test_large_objects(heap, scan):
     assert all(heap.span_of(addr) is None for addr in freed), "kept spans not given back"
 
 
+@pytest.mark.slow
 def test_70_mib_object_crosses_an_arena_boundary(heap):
     live = Live(heap)
     small = [live.malloc(n) for n in (24, 5000, 200000)]
@@ -321,6 +323,7 @@ def random_size(rng: random.Random) -> int:
     return rng.randrange(MAX_SMALL_SIZE + 1, 300000)
 
 
+@pytest.mark.slow
 def test_big_random_mix_never_overlaps(heap):
     rng = random.Random(20240601)
     live = Live(heap)
@@ -453,6 +456,7 @@ def test_zero_false_memory_is_usable_and_zero_true_after_it_is_zero(heap):
         heap.check()
 
 
+@pytest.mark.slow
 def test_twenty_rounds_of_alloc_free_stay_in_one_arena(heap):
     # 10k objects of 352 B are 3.5 MB; without reuse 20 rounds would need 70 MB,
     # more than one 64 MiB arena.
@@ -693,6 +697,7 @@ def run_threads(n: int, target) -> None:
         raise errors[0]
 
 
+@pytest.mark.slow
 def test_cross_thread_free_with_8_threads(heap):
     nthreads = 8
     made: list[dict[int, bytes]] = [{} for _ in range(nthreads)]

@@ -9,6 +9,7 @@ import ctypes
 import struct
 from itertools import pairwise
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -22,6 +23,8 @@ from hypothesis.stateful import (
 
 import realalloc
 from realalloc.core.sizeclasses import MAX_SMALL_SIZE, PAGE_SIZE, roundupsize, tiny_align
+
+pytestmark = pytest.mark.slow
 
 M64 = (1 << 64) - 1
 

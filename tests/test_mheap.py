@@ -41,6 +41,7 @@ def fill(span, seed: int) -> bytes:
     return pattern
 
 
+@pytest.mark.slow
 def test_spans_are_page_aligned_disjoint_and_hold_their_patterns(heap):
     rng = random.Random(1)
     live = {}

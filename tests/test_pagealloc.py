@@ -714,4 +714,4 @@ PageAllocMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_page_alloc_model = PageAllocMachine.TestCase
+test_page_alloc_model = pytest.mark.slow(PageAllocMachine.TestCase)

@@ -210,6 +210,7 @@ def test_released_pages_read_as_zero_for_small_objects(heap):
 # --- the background scavenger ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_background_scavenger_returns_free_pages_and_stops_with_the_heap():
     before = scavenger_threads()
     baseline = settled_rss()
@@ -255,6 +256,7 @@ def test_background_scavenger_returns_free_pages_and_stops_with_the_heap():
     assert scavenger_threads() - before == set()
 
 
+@pytest.mark.slow
 def test_background_scavenger_retains_ten_percent_of_in_use():
     heap = realalloc.Heap(background_scavenger=True)
     with heap:

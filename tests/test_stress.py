@@ -232,6 +232,7 @@ def test_each_distribution_runs_clean_with_text_and_json_reports(
         assert d["bytes_allocated"] == exact
 
 
+@pytest.mark.slow
 def test_duration_run_of_the_console_script(tmp_path):
     # the script installed with this interpreter, not whichever is first on PATH
     # (another checkout's install would test other code)
@@ -309,6 +310,7 @@ def test_run_stress_on_a_callers_heap_leaves_it_open_and_empty():
 # --- progress ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_rewrites_one_line(monkeypatch, capsys):
     fake = FakeStderr(tty=True)
     monkeypatch.setattr(sys, "stderr", fake)
@@ -334,6 +336,7 @@ def test_a_run_shorter_than_one_update_leaves_a_terminal_untouched(monkeypatch, 
     assert fake.getvalue() == ""  # not even the newline that ends a progress line
 
 
+@pytest.mark.slow
 def test_progress_off_a_terminal_is_a_plain_line_every_interval(monkeypatch, capsys):
     fake = FakeStderr(tty=False)
     monkeypatch.setattr(sys, "stderr", fake)
@@ -356,6 +359,7 @@ def test_progress_off_a_terminal_is_a_plain_line_every_interval(monkeypatch, cap
     assert min(gaps) >= 0.2, gaps
 
 
+@pytest.mark.slow
 def test_progress_off_a_terminal_defaults_to_a_line_every_5_seconds(monkeypatch, capsys):
     """A 1.5 s run off a terminal prints no progress at all by default (the first
     line would come at 5 s), where the terminal mode would have updated 3 times."""
@@ -369,6 +373,7 @@ def test_progress_off_a_terminal_defaults_to_a_line_every_5_seconds(monkeypatch,
     assert parser.parse_args([]).progress_every == 5.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tty", [True, False])
 def test_quiet_means_no_progress_on_or_off_a_terminal(monkeypatch, capsys, tty):
     fake = FakeStderr(tty=tty)
@@ -379,6 +384,7 @@ def test_quiet_means_no_progress_on_or_off_a_terminal(monkeypatch, capsys, tty):
     assert fake.times == []
 
 
+@pytest.mark.slow
 def test_progress_of_a_real_process_writing_to_a_pipe_is_plain_lines():
     proc = run_cli("--threads", "2", "--duration", "1.3", "--live", "20",
                    "--progress-every", "0.3")  # fmt: skip
@@ -449,6 +455,7 @@ class DirRemover(FakeStderr):
         return super().write(text)
 
 
+@pytest.mark.slow
 def test_a_json_report_that_cannot_be_written_after_the_run_exits_3(tmp_path, monkeypatch, capsys):
     where = tmp_path / "out"
     where.mkdir()
@@ -526,6 +533,7 @@ class Scribbler(FakeStderr):
                 self.flipped[victim] = owner
 
 
+@pytest.mark.slow
 def test_corrupted_objects_exit_1_and_each_is_named(tmp_path, monkeypatch, capsys):
     """A real corruption, found by the real verification (see Scribbler): the command
     exits 1, the text report says FAILED with each object's address and the byte
@@ -729,6 +737,7 @@ def test_checking_the_json_path_leaves_the_file_system_as_it_was(tmp_path, capsy
     assert sorted(os.listdir(tmp_path)) == ["old.json"]
 
 
+@pytest.mark.slow
 def test_bad_options_exit_2_from_a_real_process(tmp_path):
     empty = write_file(tmp_path, "empty.txt", "\n")
     good = write_file(tmp_path, "good.txt", "64\n")
