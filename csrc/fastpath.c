@@ -547,6 +547,7 @@ static PyObject *set_errors(PyObject *mod, PyObject *args) {
 static PyMethodDef module_methods[] = {
     {"set_errors", set_errors, METH_VARARGS, NULL},
     {"set_tracing", set_tracing, METH_O, NULL},
+    RA_NUMPY_METHODS /* csrc/numpy.c */
     {NULL},
 };
 
