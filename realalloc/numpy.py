@@ -18,8 +18,9 @@ without it raises ImportError naming the extra.  Example::
 from __future__ import annotations
 
 from .integrations.numpy import (
-    LARGE_CACHE_BYTES,
+    CACHE_BYTES,
     LARGE_CACHE_SLOTS,
+    SMALL_CACHE_SLOTS,
     HandlerStats,
     NumpyHandler,
     current,
@@ -31,8 +32,9 @@ from .integrations.numpy import (
 )
 
 __all__ = [
-    "LARGE_CACHE_BYTES",
+    "CACHE_BYTES",
     "LARGE_CACHE_SLOTS",
+    "SMALL_CACHE_SLOTS",
     "HandlerStats",
     "NumpyHandler",
     "current",

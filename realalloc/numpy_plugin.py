@@ -21,4 +21,4 @@ __all__ = ["PYTEST_DESELECT", "PytestSession", "pytest_configure"]
 
 
 def pytest_configure(config: Any) -> None:
-    config.pluginmanager.register(PytestSession(), "realalloc-numpy-session")
+    config.pluginmanager.register(PytestSession(config), "realalloc-numpy-session")

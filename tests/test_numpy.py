@@ -193,18 +193,26 @@ def test_stats_and_memory_report_count_numpy_arrays(heap):
     heap.check()
 
 
-def test_large_blocks_are_reused_then_released(heap):
+def test_freed_blocks_are_kept_reused_within_bounds_and_released(heap):
     with rnp.using(heap) as handler:
-        a = np.empty(1 << 20, np.uint8)
-        addr = a.ctypes.data
-        del a
-        assert handler.stats().cached_blocks == 1
-        assert heap.stats().heap_alloc >= 1 << 20  # kept, so in use
-        b = np.ones(1 << 20, np.uint8)  # same page count: the same block
-        assert b.ctypes.data == addr and handler.stats().cache_hits == 1
-        del b
-        assert handler.release_cache() == 1
-        assert heap.stats().heap_alloc < 1 << 20
+        for n in (100, 1 << 20):  # a small class; a large object's page count
+            a = np.empty(n, np.uint8)
+            addr, before = a.ctypes.data, handler.stats()
+            del a
+            assert handler.stats().cached_blocks == before.cached_blocks + 1
+            b = np.empty(n, np.uint8)
+            assert b.ctypes.data == addr
+            assert handler.stats().cache_hits == before.cache_hits + 1
+            del b
+        assert heap.stats().heap_alloc >= (1 << 20) + 112  # kept blocks count as in use
+        many = [np.empty(n, np.uint8) for n in (100,) * 20 + (1 << 20,) * 12]
+        del many
+        st = handler.stats()
+        assert st.cached_blocks == rnp.SMALL_CACHE_SLOTS + rnp.LARGE_CACHE_SLOTS
+        assert st.cached_bytes == rnp.SMALL_CACHE_SLOTS * 112 + rnp.LARGE_CACHE_SLOTS * (1 << 20)
+        assert handler.release_cache() == st.cached_blocks
+        assert handler.stats()[-2:] == (0, 0)
+        assert heap.stats().heap_alloc == 0
     heap.check()
 
 

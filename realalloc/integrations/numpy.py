@@ -82,9 +82,10 @@ from ..core.heap import Heap
 from ..errors import ArgumentTypeError, HeapClosedError, ReentrancyError
 
 __all__ = [
-    "LARGE_CACHE_BYTES",
+    "CACHE_BYTES",
     "LARGE_CACHE_SLOTS",
     "PYTEST_DESELECT",
+    "SMALL_CACHE_SLOTS",
     "HandlerStats",
     "NumpyHandler",
     "PytestSession",
@@ -97,11 +98,14 @@ __all__ = [
     "using",
 ]
 
+SMALL_CACHE_SLOTS: Final[int] = 8
+"""Freed blocks of up to 1 KiB a handler keeps for reuse, per size class
+(numpy's default handler keeps 7 per size up to 1 KiB the same way)."""
 LARGE_CACHE_SLOTS: Final[int] = 8
-"""Freed large arrays (> 32 KiB) a handler keeps for reuse (numpy's default
-allocator keeps small blocks the same way; glibc keeps freed memory too)."""
-LARGE_CACHE_BYTES: Final[int] = 32 << 20
-"""... and at most this many bytes of them."""
+"""Freed large blocks (> 32 KiB) a handler keeps for a request of the same
+page count (glibc keeps freed memory too; realalloc's page heap is Python)."""
+CACHE_BYTES: Final[int] = 32 << 20
+"""The most bytes a handler keeps in all (large blocks go back beyond it)."""
 MIN_FEATURE_VERSION: Final[int] = 0x0F
 """numpy's C feature version of 1.22, the first with PyDataMem_SetHandler."""
 ABI_MAJORS: Final[frozenset[int]] = frozenset({1, 2})
@@ -114,7 +118,9 @@ class _NumpyFast(Protocol):
     def numpy_api(self, capsule: object, bind: bool = False) -> tuple[int, int]: ...
     def numpy_set_handler(self, handler: object) -> object: ...
     def numpy_get_handler(self) -> object: ...
-    def numpy_handler(self, heap: Heap, cache_slots: int, cache_bytes: int) -> object: ...
+    def numpy_handler(
+        self, heap: Heap, small_slots: int, large_slots: int, cache_bytes: int
+    ) -> object: ...
     def numpy_handler_info(self, handler: object) -> tuple[Any, ...] | None: ...
     def numpy_release_cache(self, handler: object) -> int: ...
 
@@ -163,9 +169,9 @@ class HandlerStats(NamedTuple):
     failures: int
     """calls that returned NULL or reported an error as unraisable."""
     cache_hits: int
-    """large allocations served from the blocks freed before."""
+    """allocations served from blocks freed before and kept."""
     cached_blocks: int
-    """freed large blocks kept now (they count as in use in heap.stats())."""
+    """freed blocks kept now (they count as in use in heap.stats())."""
     cached_bytes: int
     """... their bytes."""
 
@@ -196,7 +202,7 @@ class NumpyHandler:
         return HandlerStats(*info[1:])
 
     def release_cache(self) -> int:
-        """Give the freed large blocks kept for reuse back to the heap; how many."""
+        """Give the freed blocks kept for reuse back to the heap; how many."""
         return _c.numpy_release_cache(self.capsule)
 
     def __eq__(self, other: object) -> bool:
@@ -235,7 +241,7 @@ def _new_handler(heap: Heap | None, op: str) -> NumpyHandler:
             f"{op}: the interpreter runs without the GIL (free-threaded); realalloc's numpy "
             "handler relies on the GIL and is not supported there yet"
         )
-    capsule = _c.numpy_handler(heap, LARGE_CACHE_SLOTS, LARGE_CACHE_BYTES)
+    capsule = _c.numpy_handler(heap, SMALL_CACHE_SLOTS, LARGE_CACHE_SLOTS, CACHE_BYTES)
     return NumpyHandler(capsule, heap)
 
 
@@ -331,10 +337,14 @@ def handler_name() -> str:
 
 # -- numpy's own test suite under realalloc (pytest -p realalloc.numpy_plugin) --
 
-PYTEST_DESELECT: Final[dict[str, str]] = {}
-"""Tests of numpy's suite left out under the plugin: node id (from the
-``tests/`` folder on) -> why.  Empty: the suite passes as it does without
-realalloc."""
+PYTEST_DESELECT: Final[dict[str, str]] = {
+    "test_mem_policy.py::test_thread_locality": (
+        "asserts in a new thread that numpy's handler there is the default one; the "
+        "plugin installs realalloc in new threads on purpose (install(threads=True)), so "
+        "the assertion fails in the thread (a warning, not a failure, which would hide it)"
+    ),
+}
+"""Tests of numpy's suite left out under the plugin: ``file::test`` -> why."""
 
 
 class PytestSession:
@@ -344,9 +354,21 @@ class PytestSession:
     handler must still be realalloc's (a test that replaced it without putting
     it back is named and the handler set again); at the end the session fails
     if that ever happened or if realalloc served no allocation, and the counts
-    are printed.  Hook methods are found by name, so pytest is not imported."""
+    are printed.  Hook methods are found by name, so pytest is not imported.
 
-    def __init__(self) -> None:
+    numpy 2.3 ships its tests as namespace packages (no ``__init__.py``), which
+    ``--pyargs`` finds only with pytest's ``consider_namespace_packages``; the
+    plugin turns it on unless the command line or ini file set it.  (numpy 2.4
+    wheels ship no tests at all.)"""
+
+    def __init__(self, config: Any) -> None:
+        inicache = getattr(config, "_inicache", None)  # pytest's parsed ini values
+        try:
+            unset = not config.getini("consider_namespace_packages")
+        except ValueError:  # pytest before 8.1 has no such option
+            unset = False
+        if unset and isinstance(inicache, dict):
+            inicache["consider_namespace_packages"] = True
         self.handler = install(threads=True)
         self.replaced: list[str] = []
         self.failure = ""
@@ -361,8 +383,8 @@ class PytestSession:
         keep: list[Any] = []
         drop: list[Any] = []
         for item in items:
-            tail = item.nodeid.rpartition("tests/")[2]
-            (drop if tail in PYTEST_DESELECT else keep).append(item)
+            key = f"{item.path.name}::{item.nodeid.partition('::')[2]}"
+            (drop if key in PYTEST_DESELECT else keep).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
