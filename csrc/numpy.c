@@ -1,31 +1,16 @@
 /*
  * realalloc as numpy's data allocator (NEP 49), included by fastpath.c to run
- * the same fast path as Heap.malloc.  The Python side (installing, threads, the
- * numbers C reads): realalloc/integrations/numpy.py.  numpy's headers are not
- * needed: np_handler copies numpy's PyDataMem_Handler (version 1), and its
- * C-API table comes from the `_ARRAY_API` capsule, read at the NP_API_* slots
- * (the same in numpy 1.22-1.26 and 2.x; tests/test_numpy.py checks them
- * against the installed numpy's __multiarray_api.h).
- *
- * The handler's four functions:
- * - GIL: numpy calls them with it, except realloc in fromstring/fromfile with
- *   `sep`; each takes it when not held.  It guards the heap's `held` count and
- *   the handler's counters and cache.
- * - Never raise into numpy: a pending exception is saved and restored around
- *   any step that may run Python; a failed allocation returns NULL (numpy
- *   raises MemoryError); anything else (ReentrancyError from a finalizer run
- *   inside a slow path, HeapClosedError, a bad pointer) goes to
- *   PyErr_WriteUnraisable.  Re-entry never waits: the heap's lock refuses it,
- *   and C locks are never held while Python runs.
- * - A pointer in one of the heap's arenas is the heap's; any other came from
- *   numpy's default handler, so libc's free/realloc take it.
- * - Kept blocks: what numpy frees is kept for the next request of the same
- *   size class (objects up to 1 KiB, as numpy's own handler keeps them) or page
- *   count (large objects, a span each, made by Python), within Python's
- *   bounds.  They count as in use in heap.stats() until reused or released,
- *   but not in `held`: close() does not wait for them, and a closed heap's are
- *   dropped.  A block is validated (a live object of the heap) before it is
- *   kept, and a second free of a kept block is a DoubleFreeError.
+ * the fast path of Heap.malloc.  The Python side, and the handler's rules
+ * (GIL, exceptions, foreign pointers, kept blocks, lifetime) in full:
+ * realalloc/integrations/numpy.py.  No numpy header is needed: np_handler
+ * copies numpy's PyDataMem_Handler (version 1); numpy's C-API table comes from
+ * its `_ARRAY_API` capsule, at slots NP_API_* (the same in numpy 1.22-1.26 and
+ * 2.x; tests/test_numpy.py checks them against numpy's __multiarray_api.h).
+ * In short: each function takes the GIL if numpy called it without (realloc in
+ * fromstring/fromfile with `sep`); the GIL guards `held` and the handler's
+ * state.  Nothing raises into numpy: pending exceptions are saved around any
+ * step that may run Python, failed allocations return NULL, other errors go
+ * to PyErr_WriteUnraisable.  Pointers outside the heap's arenas go to libc.
  */
 
 #define NP_API_ABI 0           /* PyArray_GetNDArrayCVersion */
@@ -33,7 +18,7 @@
 #define NP_API_SET_HANDLER 304 /* PyDataMem_SetHandler */
 #define NP_API_GET_HANDLER 305 /* PyDataMem_GetHandler */
 #define NP_CAPSULE "mem_handler"
-#define NP_SMALL_CLASSES 33 /* size classes up to RA_SMALL_SIZE_MAX (1 KiB) */
+#define NP_SMALL_CLASSES 33 /* the size classes up to RA_SMALL_SIZE_MAX (1 KiB) */
 #define NP_SMALL_MAX 16     /* most blocks kept per small class */
 #define NP_LARGE_MAX 16     /* most large blocks kept */
 #define NP_PAGE_MASK (((size_t)1 << RA_PAGE_SHIFT) - 1)
@@ -47,32 +32,32 @@ static inline size_t ra_c_size(size_t size) {
     return size <= RA_TINY_SIZE ? RA_TINY_SIZE : size < 32 ? 32 : size;
 }
 
-/* `size` bytes of noscan memory (zeroed if `zero`) that a C client holds until
- * ra_c_free; not traced (the client traces).  Address, or 0 with an exception
- * set. */
-static uintptr_t ra_c_malloc(HeapBase *self, size_t size, int zero) {
-    ra_heap *h = self->h;
-    ra_tls_slot *t = h && !h->stopped && size <= RA_MAX_SMALL_SIZE ? my_slot(h) : NULL;
-    uintptr_t addr;
-    size = ra_c_size(size);
-    if (t && t->cache) {
-        if (!(addr = ra_malloc_small(h, t->cache, size, 1, zero)))
-            addr = refill_and_malloc(self, t->cache, size, 1, zero);
-    } else {
-        PyObject *args[2] = {PyLong_FromSize_t(size), zero ? Py_True : Py_False};
-        PyObject *r = args[0] ? call_slow(self, self->slow[SLOW_MALLOC], args, 1, kw_zero) : NULL;
-        addr = r ? PyLong_AsUnsignedLong(r) : 0;
-        Py_XDECREF(args[0]), Py_XDECREF(r);
-    }
-    self->held += addr != 0;
-    return addr;
-}
-
-/* ra_c_malloc's fast path alone (no Python runs): the address, or 0. */
+/* `size` bytes of noscan memory (zeroed if `zero`) for a C client, until
+ * ra_c_free; not traced (the client traces).  The fast path alone (no Python
+ * runs): the address, or 0. */
 static inline uintptr_t ra_c_try_malloc(HeapBase *self, size_t size, int zero) {
     ra_heap *h = self->h;
     ra_tls_slot *t = !h->stopped && size <= RA_MAX_SMALL_SIZE ? my_slot(h) : NULL;
     uintptr_t addr = t && t->cache ? ra_malloc_small(h, t->cache, ra_c_size(size), 1, zero) : 0;
+    self->held += addr != 0;
+    return addr;
+}
+
+/* ... its slow path: a refill of the thread's span (whether or not it had
+ * room), or Python (a thread's first allocation, a large object, a stopped
+ * heap).  Address, or 0 with an exception set. */
+static uintptr_t ra_c_malloc(HeapBase *self, size_t size, int zero) {
+    ra_heap *h = self->h;
+    ra_tls_slot *t = !h->stopped && size <= RA_MAX_SMALL_SIZE ? my_slot(h) : NULL;
+    uintptr_t addr;
+    if (t && t->cache) {
+        addr = refill_and_malloc(self, t->cache, ra_c_size(size), 1, zero);
+    } else {
+        PyObject *args[2] = {PyLong_FromSize_t(ra_c_size(size)), zero ? Py_True : Py_False};
+        PyObject *r = args[0] ? call_slow(self, self->slow[SLOW_MALLOC], args, 1, kw_zero) : NULL;
+        addr = r ? PyLong_AsUnsignedLong(r) : 0;
+        Py_XDECREF(args[0]), Py_XDECREF(r);
+    }
     self->held += addr != 0;
     return addr;
 }
@@ -84,38 +69,33 @@ static int ra_c_free(HeapBase *self, uintptr_t addr) {
     return rc;
 }
 
-/* ra_c_free's fast path alone (no Python runs): 1 if freed, else 0.  With
- * `small`, only a small object (a large one, or any address that is not a
- * live object of the heap, gives 0 untouched). */
-static inline int ra_c_try_free(HeapBase *self, uintptr_t addr, int small) {
+/* ra_c_free's fast path for a small object (no Python runs): 1 if freed,
+ * else 0.  (Nothing to untrack: a C client's objects are not traced.) */
+static inline int ra_c_try_free(HeapBase *self, uintptr_t addr) {
     ra_heap *h = self->h;
     ra_tls_slot *t = !h->stopped ? my_slot(h) : NULL;
-    if (!t || (small ? ra_free_object(h, addr, t->cache) : ra_free(h, addr, t->cache)) != RA_OK)
-        return 0;
-    if (tracing) PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, addr);
+    if (!t || ra_free_object(h, addr, t->cache) != RA_OK) return 0;
     self->held--;
     return 1;
 }
 
 /* ---- numpy's structs (numpy/ndarraytypes.h) and the handler's state ------ */
 
-typedef struct {
+typedef struct { /* numpy: PyDataMemAllocator */
     void *ctx;
     void *(*malloc)(void *ctx, size_t size);
     void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
     void *(*realloc)(void *ctx, void *ptr, size_t new_size);
     void (*free)(void *ctx, void *ptr, size_t size);
-} np_allocator; /* numpy: PyDataMemAllocator */
+} np_allocator;
 
-typedef struct {
-    char name[127];
-    uint8_t version; /* 1 */
-    np_allocator allocator;
-} np_handler; /* numpy: PyDataMem_Handler */
+typedef struct { char name[127]; uint8_t version; np_allocator allocator; } np_handler;
 
 /* Counters, in the order numpy_handler_info returns them (HandlerStats). */
 enum { NP_MALLOC, NP_CALLOC, NP_REALLOC, NP_IN_PLACE, NP_FREE, NP_FOREIGN, NP_FAILED,
        NP_KEPT_HITS, NP_NCOUNTS };
+
+typedef struct { uintptr_t addr; size_t bytes; } np_block;
 
 typedef struct {
     np_handler np;                  /* first: numpy finds it through the capsule */
@@ -127,34 +107,32 @@ typedef struct {
     size_t kept_bytes;
     uint8_t nsmall[NP_SMALL_CLASSES];
     uintptr_t small[NP_SMALL_CLASSES][NP_SMALL_MAX]; /* stacks by size class */
-    struct { uintptr_t addr; size_t bytes; } large[NP_LARGE_MAX + 1]; /* oldest first */
+    np_block large[NP_LARGE_MAX + 1]; /* oldest first */
 } np_state;
 
 static void **np_api; /* numpy's C-API table: numpy_api(capsule, True) */
 
-/* This thread holds the GIL (PyGILState_Check, at half the cost: the GIL
- * holder's thread state, 3.10-3.11, or this thread's while attached, 3.12+). */
+/* PyGILState_Check at half the cost: the GIL holder's thread state (3.10-3.11), or this
+ * thread's while attached (3.12+), is this thread's. */
 static inline int np_gil_held(void) {
     PyThreadState *ts = _PyThreadState_UncheckedGet();
     return ts && ts->thread_id == PyThread_get_thread_ident();
 }
 
-#define NP_GIL_TAKE                  \
-    int np_gil_ = !np_gil_held();    \
+#define NP_GIL_TAKE               \
+    int np_gil_ = !np_gil_held(); \
     PyGILState_STATE np_gs_ = np_gil_ ? PyGILState_Ensure() : PyGILState_LOCKED
-#define NP_GIL_DROP \
-    if (np_gil_) PyGILState_Release(np_gs_)
+#define NP_GIL_DROP if (np_gil_) PyGILState_Release(np_gs_)
+#define NP_SAVE_ERR PyObject *np_et, *np_ev, *np_tb; PyErr_Fetch(&np_et, &np_ev, &np_tb)
+#define NP_RESTORE_ERR PyErr_Restore(np_et, np_ev, np_tb)
 
 /* After a failed step (exception set): a MemoryError is numpy's to raise (it
  * gets NULL); anything else is reported as unraisable, naming the call. */
 static RA_COLD void np_report(np_state *st, const char *call, uintptr_t arg) {
     st->n[NP_FAILED]++;
-    if (PyErr_ExceptionMatches(PyExc_MemoryError)) {
-        PyErr_Clear();
-        return;
-    }
-    PyObject *where = PyUnicode_FromFormat("realalloc's numpy allocator: %s(%#zx)", call, (size_t)arg);
-    PyErr_WriteUnraisable(where);
+    PyObject *where = PyErr_ExceptionMatches(PyExc_MemoryError) ? NULL :
+        PyUnicode_FromFormat("realalloc's numpy allocator: %s(%#zx)", call, (size_t)arg);
+    where ? PyErr_WriteUnraisable(where) : PyErr_Clear();
     Py_XDECREF(where);
 }
 
@@ -176,24 +154,28 @@ static inline void np_count(np_state *st, int64_t blocks, int64_t bytes) {
     st->heap->held -= blocks; /* kept blocks are not in `held` */
 }
 
+/* Take a kept block out: the newest of small class sc, or large[i]. */
+static inline uintptr_t np_small_out(np_state *st, uint32_t sc) {
+    np_count(st, -1, -(int64_t)ra_class_to_size[sc]);
+    return st->small[sc][--st->nsmall[sc]];
+}
+
+static uintptr_t np_large_out(np_state *st, uint32_t i) {
+    uintptr_t addr = st->large[i].addr;
+    np_count(st, -1, -(int64_t)st->large[i].bytes);
+    memmove(&st->large[i], &st->large[i + 1], (--st->nlarge - i) * sizeof st->large[0]);
+    return addr;
+}
+
 /* A kept block for `size` bytes, zeroed if `zero`; 0 if none. */
 static inline uintptr_t np_take(np_state *st, size_t size, int zero) {
     uintptr_t addr = 0;
-    size_t bytes = (size + NP_PAGE_MASK) & ~NP_PAGE_MASK;
-    if (st->heap->h->stopped || (size > RA_SMALL_SIZE_MAX && size <= RA_MAX_SMALL_SIZE)) return 0;
-    if (size <= RA_SMALL_SIZE_MAX) {
-        uint32_t sc = ra_size_to_class8[(ra_c_size(size) + 7) >> 3];
-        if (!st->nsmall[sc]) return 0;
-        addr = st->small[sc][--st->nsmall[sc]];
-        bytes = ra_class_to_size[sc];
-    }
-    for (uint32_t i = st->nlarge; !addr && i-- > 0;) { /* newest first */
-        if (st->large[i].bytes != bytes) continue;
-        addr = st->large[i].addr;
-        memmove(&st->large[i], &st->large[i + 1], (--st->nlarge - i) * sizeof st->large[0]);
-    }
+    if (st->heap->h->stopped) return 0;
+    uint32_t sc = size <= RA_SMALL_SIZE_MAX ? ra_size_to_class8[(ra_c_size(size) + 7) >> 3] : 0;
+    if (sc && st->nsmall[sc]) addr = np_small_out(st, sc);
+    for (uint32_t i = st->nlarge; size > RA_MAX_SMALL_SIZE && !addr && i-- > 0;) /* newest first */
+        if (st->large[i].bytes == ((size + NP_PAGE_MASK) & ~NP_PAGE_MASK)) addr = np_large_out(st, i);
     if (!addr) return 0;
-    np_count(st, -1, -(int64_t)bytes);
     st->n[NP_KEPT_HITS]++;
     if (zero) memset((void *)addr, 0, size);
     return addr;
@@ -206,40 +188,32 @@ static inline int np_keep_small(np_state *st, uintptr_t addr) {
     size_t usable = h->stopped ? 0 : ra_usable(h, addr);
     if (!usable || usable > RA_SMALL_SIZE_MAX) return 0;
     uint32_t sc = ra_size_to_class8[(usable + 7) >> 3], n = st->nsmall[sc];
-    for (uint32_t i = 0; i < n; i++)
-        if (st->small[sc][i] == addr) return -1;
+    for (uint32_t i = 0; i < n; i++) if (st->small[sc][i] == addr) return -1;
     if (n >= st->small_max) return 0;
     st->small[sc][st->nsmall[sc]++] = addr;
     np_count(st, 1, (int64_t)usable);
     return 1;
 }
 
-/* Give a block np_count counted out of the kept ones back to the heap: 0, or
- * -1 with an exception set (the block is lost). */
+/* Give a block taken out of the kept ones back to the heap: 0, or -1 with an
+ * exception set (the block is lost). */
 static int np_give(np_state *st, uintptr_t addr) {
-    if (ra_c_try_free(st->heap, addr, 0) || ra_c_free(st->heap, addr) == 0) return 0;
+    if (ra_c_free(st->heap, addr) == 0) return 0;
     st->heap->held--;
     return -1;
 }
 
-/* Give every kept block back (drop them if the heap is closed: its memory is
+/* Give every kept block back (or drop it if the heap is closed: its memory is
  * gone).  How many went back, or -1 with an exception set. */
 static int np_flush(np_state *st) {
     int n = 0, closed = (st->heap->h->stopped & RA_CLOSED) != 0;
-    for (uint32_t sc = 0; sc < NP_SMALL_CLASSES; sc++) {
-        while (st->nsmall[sc]) {
-            uintptr_t addr = st->small[sc][--st->nsmall[sc]];
-            np_count(st, -1, -(int64_t)ra_class_to_size[sc]);
+    for (uint32_t sc = 0; sc <= NP_SMALL_CLASSES; sc++) /* the last round: large blocks */
+        while (sc < NP_SMALL_CLASSES ? st->nsmall[sc] : st->nlarge) {
+            uintptr_t addr = sc < NP_SMALL_CLASSES ? np_small_out(st, sc)
+                                                   : np_large_out(st, st->nlarge - 1);
             if (!closed && np_give(st, addr) < 0) return -1;
             n += !closed;
         }
-    }
-    while (st->nlarge) {
-        st->nlarge--;
-        np_count(st, -1, -(int64_t)st->large[st->nlarge].bytes);
-        if (!closed && np_give(st, st->large[st->nlarge].addr) < 0) return -1;
-        n += !closed;
-    }
     return n;
 }
 
@@ -248,7 +222,6 @@ static int np_flush(np_state *st) {
 /* `size` bytes for numpy, zeroed if `zero`: the address, or 0. */
 static uintptr_t np_get(np_state *st, size_t size, int zero) {
     uintptr_t addr = np_take(st, size, zero);
-    if (!addr) addr = ra_c_try_malloc(st->heap, size, zero);
     if (!addr) addr = ra_c_malloc(st->heap, size, zero);
     if (!addr && st->nkept && PyErr_ExceptionMatches(PyExc_MemoryError)) {
         PyErr_Clear(); /* a memory limit: the kept blocks may hold what it needs */
@@ -275,15 +248,10 @@ static int np_drop(np_state *st, uintptr_t addr) {
     }
     size_t bytes = s && !sc && !h->stopped && st->large_max ? ra_usable(h, addr) : 0;
     if (!bytes || bytes > st->max_bytes) return ra_c_free(st->heap, addr);
-    st->large[st->nlarge].addr = addr;
-    st->large[st->nlarge++].bytes = bytes;
+    st->large[st->nlarge++] = (np_block){addr, bytes};
     np_count(st, 1, (int64_t)bytes);
-    while (st->nlarge && (st->nlarge > st->large_max || st->kept_bytes > st->max_bytes)) {
-        uintptr_t old = st->large[0].addr;
-        np_count(st, -1, -(int64_t)st->large[0].bytes);
-        memmove(&st->large[0], &st->large[1], --st->nlarge * sizeof st->large[0]);
-        if (np_give(st, old) < 0) return -1;
-    }
+    while (st->nlarge && (st->nlarge > st->large_max || st->kept_bytes > st->max_bytes))
+        if (np_give(st, np_large_out(st, 0)) < 0) return -1;
     return 0;
 }
 
@@ -298,8 +266,7 @@ static RA_COLD uintptr_t np_resize(np_state *st, uintptr_t addr, size_t size) {
     size_t have = ra_usable(h, addr), want = ra_c_size(size);
     uintptr_t r = 0;
     if (!have) { /* not a live object: Python says why */
-        PyObject *res = PyObject_CallMethod((PyObject *)heap, "usable_size", "K",
-                                            (unsigned long long)addr);
+        PyObject *res = PyObject_CallMethod((PyObject *)heap, "usable_size", "k", addr);
         if (res) PyErr_Format(PyExc_ValueError, "realloc(%p): not a live object", (void *)addr);
         Py_XDECREF(res);
     } else if (s->spanclass < 2 ? want > RA_MAX_SMALL_SIZE &&
@@ -319,11 +286,10 @@ static RA_COLD uintptr_t np_resize(np_state *st, uintptr_t addr, size_t size) {
 
 /* np_get around a saved exception; a failure is reported. */
 static RA_COLD uintptr_t np_slow_get(np_state *st, size_t size, int zero) {
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
+    NP_SAVE_ERR;
     uintptr_t addr = np_get(st, size, zero);
     if (!addr) np_report(st, zero ? "calloc" : "malloc", size);
-    PyErr_Restore(et, ev, tb);
+    NP_RESTORE_ERR;
     return addr;
 }
 
@@ -359,11 +325,9 @@ static void *np_realloc(void *ctx, void *ptr, size_t size) {
         st->n[NP_FOREIGN]++;
         r = (uintptr_t)realloc(ptr, size);
     } else {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        r = ptr ? np_resize(st, addr, size) : np_get(st, size, 0);
-        if (!r) np_report(st, "realloc", addr);
-        PyErr_Restore(et, ev, tb);
+        NP_SAVE_ERR;
+        if (!(r = ptr ? np_resize(st, addr, size) : np_get(st, size, 0))) np_report(st, "realloc", addr);
+        NP_RESTORE_ERR;
     }
     NP_GIL_DROP;
     return (void *)r;
@@ -377,15 +341,14 @@ static void np_free(void *ctx, void *ptr, size_t size) {
     NP_GIL_TAKE;
     st->n[NP_FREE]++;
     int kept = np_keep_small(st, addr);
-    if (kept > 0 || (!kept && ra_c_try_free(st->heap, addr, 1))) { /* done in C */
+    if (kept > 0 || (!kept && ra_c_try_free(st->heap, addr))) { /* done in C */
     } else if (!kept && !ra_span_at(st->heap->h, addr) && !np_owner(st->heap->h, addr)) {
         st->n[NP_FOREIGN]++;
         free(ptr);
     } else {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
+        NP_SAVE_ERR;
         if (np_drop(st, addr) < 0) np_report(st, "free", addr);
-        PyErr_Restore(et, ev, tb);
+        NP_RESTORE_ERR;
     }
     NP_GIL_DROP;
 }
@@ -394,25 +357,23 @@ static void np_free(void *ctx, void *ptr, size_t size) {
 
 static void np_capsule_free(PyObject *capsule) {
     np_state *st = PyCapsule_GetPointer(capsule, NP_CAPSULE);
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
+    NP_SAVE_ERR;
     if (np_flush(st) < 0) np_report(st, "release_cache", 0);
     Py_DECREF(st->heap);
-    PyErr_Restore(et, ev, tb);
+    NP_RESTORE_ERR;
     PyMem_RawFree(st);
 }
 
 /* The state behind a realalloc handler capsule, or NULL for any other object. */
 static np_state *np_state_of(PyObject *capsule) {
-    if (!PyCapsule_IsValid(capsule, NP_CAPSULE) ||
-        PyCapsule_GetDestructor(capsule) != np_capsule_free)
+    if (!PyCapsule_IsValid(capsule, NP_CAPSULE) || PyCapsule_GetDestructor(capsule) != np_capsule_free)
         return NULL;
     return PyCapsule_GetPointer(capsule, NP_CAPSULE);
 }
 
 /* numpy_handler(heap, small_max, large_max, max_bytes) -> a "mem_handler"
- * capsule: the handler "realalloc" over `heap`, which the capsule's context
- * keeps alive, keeping freed blocks within those bounds. */
+ * capsule: the handler "realalloc" over `heap` (the capsule's context keeps
+ * it alive), keeping freed blocks within those bounds. */
 static PyObject *numpy_handler(PyObject *mod, PyObject *args) {
     HeapBase *heap;
     unsigned int small_max, large_max;
@@ -420,8 +381,7 @@ static PyObject *numpy_handler(PyObject *mod, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!IIn", &HeapBaseType, &heap, &small_max, &large_max, &max_bytes))
         return NULL;
     if (!heap->h || small_max > NP_SMALL_MAX || large_max > NP_LARGE_MAX || max_bytes < 0)
-        return PyErr_Format(err_type, "numpy_handler: an attached heap, at most %d and %d kept "
-                            "blocks, bytes >= 0", NP_SMALL_MAX, NP_LARGE_MAX);
+        return PyErr_Format(err_type, "numpy_handler: bounds out of range, or heap not attached");
     np_state *st = PyMem_RawMalloc(sizeof *st);
     if (!st) return PyErr_NoMemory();
     *st = (np_state){.np = {"realalloc", 1, {st, np_malloc, np_calloc, np_realloc, np_free}},
@@ -434,7 +394,7 @@ static PyObject *numpy_handler(PyObject *mod, PyObject *args) {
 }
 
 /* numpy_handler_info(obj) -> None if obj is not a realalloc handler, else
- * (heap, counters by NP_*..., cached blocks, cached bytes). */
+ * (heap, counters by NP_*..., kept blocks, kept bytes). */
 static PyObject *numpy_handler_info(PyObject *mod, PyObject *obj) {
     np_state *st = np_state_of(obj);
     if (!st) Py_RETURN_NONE;
@@ -444,7 +404,7 @@ static PyObject *numpy_handler_info(PyObject *mod, PyObject *obj) {
                          st->nkept, (Py_ssize_t)st->kept_bytes);
 }
 
-/* numpy_release_cache(handler) -> blocks given back to the heap. */
+/* numpy_release_cache(handler) -> kept blocks given back to the heap. */
 static PyObject *numpy_release_cache(PyObject *mod, PyObject *obj) {
     np_state *st = np_state_of(obj);
     if (!st) return PyErr_Format(err_type, "not a realalloc numpy handler");
@@ -458,34 +418,27 @@ static PyObject *numpy_release_cache(PyObject *mod, PyObject *obj) {
 static PyObject *numpy_api(PyObject *mod, PyObject *args) {
     PyObject *capsule;
     int bind = 0;
-    if (!PyArg_ParseTuple(args, "O|p", &capsule, &bind)) return NULL;
-    void **api = PyCapsule_GetPointer(capsule, NULL);
-    if (!api) return NULL;
-    unsigned int abi = ((unsigned int (*)(void))api[NP_API_ABI])();
-    unsigned int feature = ((unsigned int (*)(void))api[NP_API_FEATURE])();
-    if (bind) np_api = api;
-    return Py_BuildValue("(II)", abi, feature);
+    void **api;
+    if (!PyArg_ParseTuple(args, "O|p", &capsule, &bind) || !(api = PyCapsule_GetPointer(capsule, NULL)))
+        return NULL;
+    np_api = bind ? api : np_api;
+    return Py_BuildValue("(II)", ((unsigned int (*)(void))api[NP_API_ABI])(),
+                         ((unsigned int (*)(void))api[NP_API_FEATURE])());
 }
 
-/* numpy_set_handler(handler or None) -> the previous one, in this context
- * (None: numpy's default). */
-static PyObject *numpy_set_handler(PyObject *mod, PyObject *handler) {
+/* numpy_swap_handler([handler]) -> this context's handler; with an argument,
+ * it becomes the handler (None: numpy's default) and the previous one returns. */
+static PyObject *numpy_swap_handler(PyObject *mod, PyObject *args) {
+    PyObject *handler = NULL;
+    if (!PyArg_ParseTuple(args, "|O", &handler)) return NULL;
     if (!np_api) return PyErr_Format(PyExc_RuntimeError, "numpy's C API is not bound");
-    return ((PyObject * (*)(PyObject *)) np_api[NP_API_SET_HANDLER])(handler == Py_None ? NULL
-                                                                                          : handler);
-}
-
-/* numpy_get_handler() -> the handler of this context. */
-static PyObject *numpy_get_handler(PyObject *mod, PyObject *unused) {
-    if (!np_api) return PyErr_Format(PyExc_RuntimeError, "numpy's C API is not bound");
-    return ((PyObject * (*)(void)) np_api[NP_API_GET_HANDLER])();
+    if (!handler) return ((PyObject * (*)(void)) np_api[NP_API_GET_HANDLER])();
+    return ((PyObject * (*)(PyObject *)) np_api[NP_API_SET_HANDLER])(handler == Py_None ? NULL : handler);
 }
 
 /* The module functions above, one line in fastpath.c's method table. */
-#define RA_NUMPY_METHODS                                                      \
-    {"numpy_api", numpy_api, METH_VARARGS, NULL},                             \
-    {"numpy_set_handler", numpy_set_handler, METH_O, NULL},                   \
-    {"numpy_get_handler", numpy_get_handler, METH_NOARGS, NULL},              \
-    {"numpy_handler", numpy_handler, METH_VARARGS, NULL},                     \
-    {"numpy_handler_info", numpy_handler_info, METH_O, NULL},                 \
+#define RA_NUMPY_METHODS                                                                          \
+    {"numpy_api", numpy_api, METH_VARARGS, NULL}, {"numpy_handler", numpy_handler, METH_VARARGS, NULL}, \
+    {"numpy_swap_handler", numpy_swap_handler, METH_VARARGS, NULL},                               \
+    {"numpy_handler_info", numpy_handler_info, METH_O, NULL},                                     \
     {"numpy_release_cache", numpy_release_cache, METH_O, NULL},

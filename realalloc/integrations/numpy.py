@@ -4,8 +4,9 @@ See realalloc/__init__.py for an overview of the allocator.
 
 Owns the Python side of the handler whose four C functions live in
 csrc/numpy.c: finding numpy's C API, making handlers, installing them in a
-context and in new threads, and the numbers the C side reads (the cache
-bounds below).  Public names are re-exported by ``realalloc.numpy``.
+context and in new threads, the bounds the C side reads (``*_CACHE_*``), and
+the pytest plugin's session (``PytestSession``).  Public names are
+re-exported by ``realalloc.numpy`` and ``realalloc.numpy_plugin``.
 
 How numpy chooses an allocator
 ==============================
@@ -24,6 +25,36 @@ resizes through that one.  So:
   ``Heap.close`` raises BufferError while such arrays exist (the heap's
   ``held`` count).
 
+The C handler
+=============
+* Fast path: malloc and calloc take the next slot of the calling thread's
+  cached span, as ``Heap.malloc`` does (pages fresh from the OS are not
+  cleared again: the span's needzero says so); free clears its bit.  Every
+  object is 16-aligned, as glibc's malloc (numpy's default) promises.
+* Kept blocks: a block numpy frees is kept, once checked to be a live object
+  of the heap, for the next request of its size class (up to 1 KiB, as
+  numpy's default handler keeps blocks) or of its page count (objects over
+  32 KiB, whose spans Python makes); freeing a kept block again is a
+  DoubleFreeError.  Kept blocks count as in use in ``heap.stats()`` until
+  reused or released (``NumpyHandler.release_cache``, ``uninstall``, the end
+  of ``using``, the handler's last array), but not in ``held``: ``close``
+  does not wait for them, and a closed heap's are dropped, never reused.
+* realloc stays in place while the size class (or page count) still fits
+  (``ra_usable`` says how many bytes the object has), else moves the data.
+* GIL: numpy calls the handler with the GIL held, except realloc in
+  fromstring/fromfile with ``sep``; each function takes the GIL when it is
+  not held (PyGILState_Ensure).  Frees come from any thread.
+* Errors never propagate into numpy: a pending exception is saved and
+  restored around any step that may run Python; an allocation that fails
+  returns NULL, and numpy raises its own MemoryError; anything else
+  (ReentrancyError when a finalizer that runs inside a slow path allocates,
+  HeapClosedError, a bad pointer) is reported with PyErr_WriteUnraisable.
+  Re-entry never waits: the page heap's lock refuses it at once.
+* A pointer outside the heap's arenas came from numpy's default handler
+  (malloc/calloc/realloc): libc's free or realloc takes it.
+* numpy traces its arrays in its own tracemalloc domain (389047); the
+  handler does not trace them again in ``TRACEMALLOC_DOMAIN``.
+
 Threads
 =======
 A thread starts with an empty context, so numpy's default handler.  With
@@ -34,25 +65,24 @@ the installed handler first thing in its own context: ``Thread._bootstrap_inner`
 installed for threads.  Limits: threads already running keep their handler;
 threads not made by ``threading.Thread`` (``_thread.start_new_thread``, C
 threads) start with numpy's default; ``uninstall`` stops new threads from
-getting the handler but does not reach into running ones.  Frees come from
-any thread: the C handler takes the GIL it needs.
+getting the handler but does not reach into running ones.
 
 A free-threaded interpreter (``sys._is_gil_enabled()`` false) is refused:
-the C handler relies on the GIL for its counters, its cache and the heap's
-``held`` count.
+the C handler relies on the GIL for its counters, its kept blocks and the
+heap's ``held`` count.
 
 numpy versions
 ==============
 1.22 to 1.26 (``numpy.core``) and 2.x (``numpy._core``): the C API table
 (``_ARRAY_API``) has ``PyDataMem_SetHandler`` and ``PyDataMem_GetHandler``
-at the same slots in both; ``_bind`` checks numpy's ABI and feature version
-first, as numpy's own ``import_array`` does.
+at the same slots (304, 305) in both; ``_bind`` checks numpy's ABI and
+feature version first, as numpy's own ``import_array`` does.
 
 Invariants:
   NUMPY-1: an array allocated under a realalloc handler holds that handler,
            which holds its heap: the heap outlives the array.
-  NUMPY-2: heap ``held`` == objects numpy holds from the heap (cached large
-           blocks not included); the GIL guards it.
+  NUMPY-2: heap ``held`` == objects numpy holds from the heap (kept blocks
+           not included); the GIL guards it.
   NUMPY-3: ``_installed`` is None, or the handler install() set together with
            the handler it replaced (non-realalloc, what uninstall restores).
 
@@ -116,8 +146,7 @@ class _NumpyFast(Protocol):
     """The functions csrc/numpy.c adds to realalloc._fast."""
 
     def numpy_api(self, capsule: object, bind: bool = False) -> tuple[int, int]: ...
-    def numpy_set_handler(self, handler: object) -> object: ...
-    def numpy_get_handler(self) -> object: ...
+    def numpy_swap_handler(self, *handler: object) -> object: ...
     def numpy_handler(
         self, heap: Heap, small_slots: int, large_slots: int, cache_bytes: int
     ) -> object: ...
@@ -255,7 +284,7 @@ def _hook_threads() -> None:
         capsule = _for_threads
         if capsule is not None:
             try:
-                _c.numpy_set_handler(capsule)
+                _c.numpy_swap_handler(capsule)
             except BaseException:  # never keep the thread from starting: start() waits for it
                 with contextlib.suppress(BaseException):
                     print(
@@ -281,7 +310,7 @@ def install(heap: Heap | None = None, *, threads: bool = True) -> NumpyHandler:
     with _lock:
         if threads:
             _hook_threads()
-        previous = _c.numpy_set_handler(handler.capsule)
+        previous = _c.numpy_swap_handler(handler.capsule)
         if _installed is not None and previous is _installed.handler.capsule:
             previous = _installed.previous
         _installed = _Installed(handler, previous)
@@ -299,8 +328,8 @@ def uninstall() -> bool:
         state, _installed, _for_threads = _installed, None, None
         if state is None:
             return False
-        if _c.numpy_get_handler() is state.handler.capsule:
-            _c.numpy_set_handler(state.previous)
+        if _c.numpy_swap_handler() is state.handler.capsule:
+            _c.numpy_swap_handler(state.previous)
     state.handler.release_cache()
     return True
 
@@ -311,17 +340,17 @@ def using(heap: Heap | None = None) -> Iterator[NumpyHandler]:
     context only (not in threads), and the previous handler comes back on exit.
     Nests; each thread and task has its own."""
     handler = _new_handler(heap, "using")
-    previous = _c.numpy_set_handler(handler.capsule)
+    previous = _c.numpy_swap_handler(handler.capsule)
     try:
         yield handler
     finally:
-        _c.numpy_set_handler(previous)
+        _c.numpy_swap_handler(previous)
         handler.release_cache()
 
 
 def current() -> NumpyHandler | None:
     """The realalloc handler numpy uses for new arrays in this context, or None."""
-    return NumpyHandler.of(_c.numpy_get_handler())
+    return NumpyHandler.of(_c.numpy_swap_handler())
 
 
 def installed() -> NumpyHandler | None:
@@ -375,9 +404,9 @@ class PytestSession:
 
     def _still_installed(self, where: str) -> None:
         capsule = self.handler.capsule
-        if _c.numpy_get_handler() is not capsule:
+        if _c.numpy_swap_handler() is not capsule:
             self.replaced.append(where)
-            _c.numpy_set_handler(capsule)
+            _c.numpy_swap_handler(capsule)
 
     def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
         keep: list[Any] = []
