@@ -25,12 +25,10 @@
 
 /* ---- the heap for a C client, GIL held ----------------------------------- */
 
-/* Bytes a C client's request takes: at least 16 (no tiny piece) and never
- * 17..31 (the 24-byte class is only 8-aligned), so every object is 16-aligned
- * as glibc's malloc, numpy's default, promises. */
-static inline size_t ra_c_size(size_t size) {
-    return size <= RA_TINY_SIZE ? RA_TINY_SIZE : size < 32 ? 32 : size;
-}
+/* Bytes a C client's request takes: at least 32, as glibc's smallest chunk
+ * (numpy's default): every object is 16-aligned as glibc promises (the 24-byte
+ * class is only 8-aligned), and none is in a tiny span (no piece states). */
+static inline size_t ra_c_size(size_t size) { return size < 32 ? 32 : size; }
 
 /* `size` bytes of noscan memory (zeroed if `zero`) for a C client, until
  * ra_c_free; not traced (the client traces).  The fast path alone (no Python

@@ -616,3 +616,65 @@ def test_bad_input_raises_and_installs_nothing(monkeypatch, func, args, kwargs, 
             with rnp.using(*args, **kwargs):
                 pass
     assert rnp.handler_name() == "default_allocator" and rnp.installed() is before
+
+
+# -- the pytest plugin -------------------------------------------------------------
+
+PLUGIN_TESTS = {
+    "test_uses_numpy.py": """
+        import threading, numpy as np
+        def test_arrays():
+            assert np.arange(1000).sum() == 499500
+        def test_thread():
+            out = []
+            t = threading.Thread(target=lambda: out.append(np._core.multiarray.get_handler_name()
+                                 if hasattr(np, "_core") else np.core.multiarray.get_handler_name()))
+            t.start(); t.join()
+            assert out == ["realalloc"]
+    """,
+    "test_mem_policy.py": """
+        def test_thread_locality():  # numpy's test of that name is deselected, with its reason
+            raise AssertionError("deselected tests do not run")
+    """,
+    "test_replaces.py": """
+        from realalloc.integrations import numpy as integration
+        def test_replaces_the_handler():
+            integration._c.numpy_swap_handler(None)
+    """,
+    "test_nothing.py": """
+        def test_nothing():
+            pass
+    """,
+}
+
+
+def run_plugin(tmp_path, *files):
+    for name in files:
+        (tmp_path / name).write_text(textwrap.dedent(PLUGIN_TESTS[name]))
+    cmd = [sys.executable, "-m", "pytest", "-p", "realalloc.numpy_plugin", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [*cmd, *files], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_plugin_serves_the_session_and_deselects_with_reason(tmp_path):
+    r = run_plugin(tmp_path, "test_uses_numpy.py", "test_mem_policy.py")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 passed, 1 deselected" in r.stdout
+    served = re.search(r"realalloc served (\d+) allocations for numpy", r.stdout)
+    assert served is not None and int(served.group(1)) > 0
+    assert "test_mem_policy.py::test_thread_locality" in integration.PYTEST_DESELECT
+
+
+def test_plugin_fails_a_session_whose_handler_was_replaced(tmp_path):
+    r = run_plugin(tmp_path, "test_uses_numpy.py", "test_replaces.py")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "3 passed" in r.stdout
+    assert "FAILED: numpy's allocator was replaced and not restored by 1 test(s), first" in r.stdout
+    assert "test_replaces.py::test_replaces_the_handler" in r.stdout
+
+
+def test_plugin_fails_a_session_it_served_nothing(tmp_path):
+    r = run_plugin(tmp_path, "test_nothing.py")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED: realalloc served no allocation" in r.stdout

@@ -109,7 +109,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .. import _fast
 from ..core.heap import Heap
-from ..errors import ArgumentTypeError, HeapClosedError, ReentrancyError
+from ..errors import ArgumentTypeError, HeapClosedError, HeapCorruption, ReentrancyError
 
 __all__ = [
     "CACHE_BYTES",
@@ -381,9 +381,10 @@ class PytestSession:
     for the whole session, in every thread (``install(threads=True)`` on the
     default heap, before collection).  After each test the main thread's
     handler must still be realalloc's (a test that replaced it without putting
-    it back is named and the handler set again); at the end the session fails
-    if that ever happened or if realalloc served no allocation, and the counts
-    are printed.  Hook methods are found by name, so pytest is not imported.
+    it back is named and the handler set again); the session fails if that
+    ever happened or if realalloc served no allocation, and the counts
+    are printed; ``heap.check()`` must pass at the end.  Hook methods are
+    found by name, so pytest is not imported.
 
     numpy 2.3 ships its tests as namespace packages (no ``__init__.py``), which
     ``--pyargs`` finds only with pytest's ``consider_namespace_packages``; the
@@ -430,6 +431,11 @@ class PytestSession:
             )
         elif self.handler.stats().served == 0:
             self.failure = "realalloc served no allocation: the handler was not used"
+        else:
+            try:
+                self.handler.heap.check()
+            except HeapCorruption as exc:
+                self.failure = f"the heap is corrupt after the session: {exc}"
         if self.failure and session.exitstatus == 0:
             session.exitstatus = 1
 
@@ -438,9 +444,9 @@ class PytestSession:
         terminalreporter.write_sep("=", "realalloc numpy allocator")
         terminalreporter.write_line(
             f"realalloc served {st.served} allocations for numpy ({st.mallocs} malloc, "
-            f"{st.callocs} calloc, {st.reallocs} realloc, {st.cache_hits} from its cache of "
-            f"large blocks); {st.frees} frees, {st.foreign} of memory that was not its own; "
-            f"{st.failures} failed"
+            f"{st.callocs} calloc, {st.reallocs} realloc; {st.cache_hits} of them reused "
+            f"blocks it kept); {st.frees} frees, {st.foreign} of memory that was not its "
+            f"own; {st.failures} calls failed (NULL to numpy, or an error reported)"
         )
         if self.failure:
             terminalreporter.write_line(f"FAILED: {self.failure}", red=True, bold=True)
