@@ -129,7 +129,7 @@ static inline int np_gil_held(void) {
 static RA_COLD void np_report(np_state *st, const char *call, uintptr_t arg) {
     st->n[NP_FAILED]++;
     PyObject *where = PyErr_ExceptionMatches(PyExc_MemoryError) ? NULL :
-        PyUnicode_FromFormat("realalloc's numpy allocator: %s(%#zx)", call, (size_t)arg);
+        PyUnicode_FromFormat("realalloc's numpy allocator: %s(%p)", call, (void *)arg);
     where ? PyErr_WriteUnraisable(where) : PyErr_Clear();
     Py_XDECREF(where);
 }
@@ -241,7 +241,7 @@ static int np_drop(np_state *st, uintptr_t addr) {
     if (kept) {
         PyObject *errors = PyImport_ImportModule("realalloc.errors");
         PyObject *cls = errors ? PyObject_GetAttrString(errors, "DoubleFreeError") : NULL;
-        if (cls) PyErr_Format(cls, "free(%#zx): the object is already free", (size_t)addr);
+        if (cls) PyErr_Format(cls, "free(%p): the object is already free", (void *)addr);
         return Py_XDECREF(errors), Py_XDECREF(cls), -1;
     }
     size_t bytes = s && !sc && !h->stopped && st->large_max ? ra_usable(h, addr) : 0;

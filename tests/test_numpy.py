@@ -24,6 +24,8 @@ import pytest
 
 np = pytest.importorskip("numpy", reason="numpy is not installed: pip install realalloc[numpy]")
 
+from support import addr_re  # noqa: E402
+
 import realalloc  # noqa: E402
 import realalloc.numpy as rnp  # noqa: E402
 from realalloc.integrations import numpy as integration  # noqa: E402
@@ -107,10 +109,14 @@ def c_handler(handler: rnp.NumpyHandler) -> _Allocator:
 
 @pytest.fixture
 def unraisable(monkeypatch):
-    """Types of the exceptions reported as unraisable (not the exceptions: their
-    tracebacks would keep the test's frames, and so its arrays, alive)."""
-    seen: list[type[BaseException]] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda args: seen.append(args.exc_type))
+    """(type, message, object) of each exception reported as unraisable (not the
+    exception: its traceback would keep the test's frames, and arrays, alive)."""
+    seen: list[tuple[type[BaseException], str, str]] = []
+
+    def hook(args):
+        seen.append((args.exc_type, str(args.exc_value), str(args.object)))
+
+    monkeypatch.setattr(sys, "unraisablehook", hook)
     return seen
 
 
@@ -388,11 +394,15 @@ def test_calloc_overflow_returns_null_and_raises_nothing(heap):
 def test_double_free_is_reported_not_raised(heap, unraisable):
     handler = rnp.install(heap, threads=False)
     c = c_handler(handler)
-    for size in (100, 1 << 20):  # a small object; a large one (kept in the cache)
-        p = c.malloc(c.ctx, size)
+    addrs = []
+    for size in (100, 1 << 20):  # a small object; a large one (both kept)
+        addrs.append(p := c.malloc(c.ctx, size))
         c.free(c.ctx, p, size)
         c.free(c.ctx, p, size)
-    assert unraisable == [realalloc.DoubleFreeError] * 2
+    assert [e[0] for e in unraisable] == [realalloc.DoubleFreeError] * 2
+    for (_, message, where), addr in zip(unraisable, addrs, strict=True):
+        assert re.search(rf"free\({addr_re(addr)}\): the object is already free", message)
+        assert re.fullmatch(rf"realalloc's numpy allocator: free\({addr_re(addr)}\)", where)
     assert handler.stats().failures == 2
     handler.release_cache()
     heap.check()
@@ -415,7 +425,8 @@ def test_closed_heap_under_the_handler_fails_allocations(heap, unraisable):
         heap.close()
         with pytest.raises(MemoryError):
             np.empty(1000)
-    assert unraisable == [realalloc.HeapClosedError]
+    assert [e[:2] for e in unraisable] == [(realalloc.HeapClosedError, "the heap is closed")]
+    assert unraisable[0][2].startswith("realalloc's numpy allocator: malloc(0x")
     assert handler.stats().failures == 1
 
 
@@ -455,7 +466,7 @@ def test_finalizer_that_allocates_inside_a_slow_path_never_hangs(heap, unraisabl
             gc.callbacks.remove(inside_slow_path)
     assert outcome[0] is True
     assert outcome[1] is MemoryError
-    assert realalloc.ReentrancyError in unraisable
+    assert realalloc.ReentrancyError in [e[0] for e in unraisable]
     assert in_heap(heap, big) and big.all()
     assert handler.stats().failures == 1
     heap.check()
@@ -622,13 +633,12 @@ def test_bad_input_raises_and_installs_nothing(monkeypatch, func, args, kwargs, 
 
 PLUGIN_TESTS = {
     "test_uses_numpy.py": """
-        import threading, numpy as np
+        import threading, numpy as np, realalloc.numpy as rnp
         def test_arrays():
             assert np.arange(1000).sum() == 499500
         def test_thread():
             out = []
-            t = threading.Thread(target=lambda: out.append(np._core.multiarray.get_handler_name()
-                                 if hasattr(np, "_core") else np.core.multiarray.get_handler_name()))
+            t = threading.Thread(target=lambda: out.append(rnp.handler_name()))
             t.start(); t.join()
             assert out == ["realalloc"]
     """,
@@ -652,9 +662,7 @@ def run_plugin(tmp_path, *files):
     for name in files:
         (tmp_path / name).write_text(textwrap.dedent(PLUGIN_TESTS[name]))
     cmd = [sys.executable, "-m", "pytest", "-p", "realalloc.numpy_plugin", "-p", "no:cacheprovider"]
-    return subprocess.run(
-        [*cmd, *files], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([*cmd, *files], cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
 
 def test_plugin_serves_the_session_and_deselects_with_reason(tmp_path):
