@@ -265,6 +265,21 @@ def test_zeros_are_zero_after_dirty_memory_was_freed(heap):
     heap.check()
 
 
+def test_zeros_from_fresh_pages_are_not_cleared_again(heap):
+    """calloc of pages the OS never handed out (they read as zero) leaves them
+    untouched: no memset, so no resident memory until numpy writes."""
+    with rnp.using(heap):
+        before = realalloc.rss()
+        z = np.zeros(64 << 20, np.uint8)
+        grown = realalloc.rss() - before
+        assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB: the pages were cleared"
+        assert not z[:: 1 << 16].any()
+        z[:: 1 << 12] = 1  # now touched: resident
+        assert realalloc.rss() - before >= 48 << 20
+    del z
+    heap.check()
+
+
 # -- threads -------------------------------------------------------------------
 
 
