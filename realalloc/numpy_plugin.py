@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .integrations.numpy import PYTEST_DESELECT, PytestSession
+from .integrations.numpy import PYTEST_DESELECT, PYTEST_DESELECT_NUMPY1, PytestSession
 
-__all__ = ["PYTEST_DESELECT", "PytestSession", "pytest_configure"]
+__all__ = ["PYTEST_DESELECT", "PYTEST_DESELECT_NUMPY1", "PytestSession", "pytest_configure"]
 
 
 def pytest_configure(config: Any) -> None:

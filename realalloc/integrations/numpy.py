@@ -115,6 +115,7 @@ __all__ = [
     "CACHE_BYTES",
     "LARGE_CACHE_SLOTS",
     "PYTEST_DESELECT",
+    "PYTEST_DESELECT_NUMPY1",
     "SMALL_CACHE_SLOTS",
     "HandlerStats",
     "NumpyHandler",
@@ -375,6 +376,18 @@ PYTEST_DESELECT: Final[dict[str, str]] = {
 }
 """Tests of numpy's suite left out under the plugin: ``file::test`` -> why."""
 
+PYTEST_DESELECT_NUMPY1: Final[dict[str, str]] = {
+    "test_function_base.py::TestLogspace::test_start_stop_array": (
+        "compares np.logspace of a 6x2 array with exact equality to the same numbers "
+        "computed column by column; numpy 1.x's power loop treats an output that starts "
+        "right where its input ends as overlapping and takes its scalar path, which rounds "
+        "differently (1 ulp: with numpy's default allocator too, once input and output "
+        "lie back to back in one buffer).  realalloc packs objects of one size class back "
+        "to back; glibc leaves a chunk header between them.  numpy 2.x passes"
+    ),
+}
+"""... and with numpy 1.x only."""
+
 
 class PytestSession:
     """The plugin ``realalloc.numpy_plugin`` registers: realalloc serves numpy
@@ -410,11 +423,14 @@ class PytestSession:
             _c.numpy_swap_handler(capsule)
 
     def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
+        deselect = dict(PYTEST_DESELECT)
+        if numpy_core_module(numpy.__version__) == "numpy.core":
+            deselect.update(PYTEST_DESELECT_NUMPY1)
         keep: list[Any] = []
         drop: list[Any] = []
         for item in items:
             key = f"{item.path.name}::{item.nodeid.partition('::')[2]}"
-            (drop if key in PYTEST_DESELECT else keep).append(item)
+            (drop if key in deselect else keep).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
