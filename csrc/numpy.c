@@ -209,7 +209,8 @@ static int np_flush(np_state *st) {
         while (sc < NP_SMALL_CLASSES ? st->nsmall[sc] : st->nlarge) {
             uintptr_t addr = sc < NP_SMALL_CLASSES ? np_small_out(st, sc)
                                                    : np_large_out(st, st->nlarge - 1);
-            if (!closed && np_give(st, addr) < 0) return -1;
+            if (closed) st->heap->held--; /* np_*_out counted it back in */
+            else if (np_give(st, addr) < 0) return -1;
             n += !closed;
         }
     return n;
