@@ -6,11 +6,6 @@
  * copies numpy's PyDataMem_Handler (version 1); numpy's C-API table comes from
  * its `_ARRAY_API` capsule, at slots NP_API_* (the same in numpy 1.22-1.26 and
  * 2.x; tests/test_numpy.py checks them against numpy's __multiarray_api.h).
- * In short: each function takes the GIL if numpy called it without (realloc in
- * fromstring/fromfile with `sep`); the GIL guards `held` and the handler's
- * state.  Nothing raises into numpy: pending exceptions are saved around any
- * step that may run Python, failed allocations return NULL, other errors go
- * to PyErr_WriteUnraisable.  Pointers outside the heap's arenas go to libc.
  */
 
 #define NP_API_ABI 0           /* PyArray_GetNDArrayCVersion */
@@ -19,15 +14,13 @@
 #define NP_API_GET_HANDLER 305 /* PyDataMem_GetHandler */
 #define NP_CAPSULE "mem_handler"
 #define NP_SMALL_CLASSES 33 /* the size classes up to RA_SMALL_SIZE_MAX (1 KiB) */
-#define NP_SMALL_MAX 16     /* most blocks kept per small class */
-#define NP_LARGE_MAX 16     /* most large blocks kept */
+#define NP_KEPT_MAX 16      /* most blocks kept per small class, and large ones */
 #define NP_PAGE_MASK (((size_t)1 << RA_PAGE_SHIFT) - 1)
 
 /* ---- the heap for a C client, GIL held ----------------------------------- */
 
-/* Bytes a C client's request takes: at least 32, as glibc's smallest chunk
- * (numpy's default): every object is 16-aligned as glibc promises (the 24-byte
- * class is only 8-aligned), and none is in a tiny span (no piece states). */
+/* Bytes a C client's request takes: at least glibc's 32, so every object is 16-aligned
+ * (the 24-byte class is 8-aligned) and none is in a tiny span (no piece states). */
 static inline size_t ra_c_size(size_t size) { return size < 32 ? 32 : size; }
 
 /* `size` bytes of noscan memory (zeroed if `zero`) for a C client, until
@@ -104,8 +97,8 @@ typedef struct {
     uint32_t nkept, nlarge;         /* blocks kept now: all, large */
     size_t kept_bytes;
     uint8_t nsmall[NP_SMALL_CLASSES];
-    uintptr_t small[NP_SMALL_CLASSES][NP_SMALL_MAX]; /* stacks by size class */
-    np_block large[NP_LARGE_MAX + 1]; /* oldest first */
+    uintptr_t small[NP_SMALL_CLASSES][NP_KEPT_MAX]; /* stacks by size class */
+    np_block large[NP_KEPT_MAX + 1]; /* oldest first */
 } np_state;
 
 static void **np_api; /* numpy's C-API table: numpy_api(capsule, True) */
@@ -116,6 +109,14 @@ static inline int np_gil_held(void) {
     PyThreadState *ts = _PyThreadState_UncheckedGet();
     return ts && ts->thread_id == PyThread_get_thread_ident();
 }
+
+/* Interpreter exit has begun: the arena index and thread caches may be gone, so frees
+ * are dropped and allocations come from libc (the process gives it all back). */
+#if PY_VERSION_HEX >= 0x030D0000
+#define np_exiting Py_IsFinalizing
+#else
+#define np_exiting _Py_IsFinalizing
+#endif
 
 #define NP_GIL_TAKE               \
     int np_gil_ = !np_gil_held(); \
@@ -294,6 +295,7 @@ static RA_COLD uintptr_t np_slow_get(np_state *st, size_t size, int zero) {
 
 static void *np_malloc(void *ctx, size_t size) {
     np_state *st = ctx;
+    if (np_exiting()) return malloc(size);
     NP_GIL_TAKE;
     st->n[NP_MALLOC]++;
     uintptr_t addr = np_take(st, size, 0);
@@ -306,6 +308,7 @@ static void *np_calloc(void *ctx, size_t nelem, size_t elsize) {
     np_state *st = ctx;
     size_t size;
     uintptr_t addr = 0;
+    if (np_exiting()) return calloc(nelem, elsize);
     NP_GIL_TAKE;
     st->n[NP_CALLOC]++;
     if (__builtin_mul_overflow(nelem, elsize, &size)) st->n[NP_FAILED]++;
@@ -318,11 +321,11 @@ static void *np_calloc(void *ctx, size_t nelem, size_t elsize) {
 static void *np_realloc(void *ctx, void *ptr, size_t size) {
     np_state *st = ctx;
     uintptr_t addr = (uintptr_t)ptr, r;
+    if (np_exiting()) return NULL; /* whose pointer it is cannot be told any more */
     NP_GIL_TAKE;
     st->n[NP_REALLOC]++;
-    if (ptr && !np_owner(st->heap->h, addr)) {
-        st->n[NP_FOREIGN]++;
-        r = (uintptr_t)realloc(ptr, size);
+    if (ptr && !np_owner(st->heap->h, addr)) { /* numpy's default handler's: libc's */
+        r = (st->n[NP_FOREIGN]++, (uintptr_t)realloc(ptr, size));
     } else {
         NP_SAVE_ERR;
         if (!(r = ptr ? np_resize(st, addr, size) : np_get(st, size, 0))) np_report(st, "realloc", addr);
@@ -336,14 +339,13 @@ static void *np_realloc(void *ctx, void *ptr, size_t size) {
 static void np_free(void *ctx, void *ptr, size_t size) {
     np_state *st = ctx;
     uintptr_t addr = (uintptr_t)ptr;
-    if (!ptr) return;
+    if (!ptr || np_exiting()) return;
     NP_GIL_TAKE;
     st->n[NP_FREE]++;
     int kept = np_keep_small(st, addr);
     if (kept > 0 || (!kept && ra_c_try_free(st->heap, addr))) { /* done in C */
-    } else if (!kept && !ra_span_at(st->heap->h, addr) && !np_owner(st->heap->h, addr)) {
-        st->n[NP_FOREIGN]++;
-        free(ptr);
+    } else if (!kept && !np_owner(st->heap->h, addr)) { /* numpy's default handler's */
+        st->n[NP_FOREIGN]++, free(ptr);
     } else {
         NP_SAVE_ERR;
         if (np_drop(st, addr) < 0) np_report(st, "free", addr);
@@ -357,7 +359,7 @@ static void np_free(void *ctx, void *ptr, size_t size) {
 static void np_capsule_free(PyObject *capsule) {
     np_state *st = PyCapsule_GetPointer(capsule, NP_CAPSULE);
     NP_SAVE_ERR;
-    if (np_flush(st) < 0) np_report(st, "release_cache", 0);
+    if (!np_exiting() && np_flush(st) < 0) np_report(st, "release_cache", 0);
     Py_DECREF(st->heap);
     NP_RESTORE_ERR;
     PyMem_RawFree(st);
@@ -379,7 +381,7 @@ static PyObject *numpy_handler(PyObject *mod, PyObject *args) {
     Py_ssize_t max_bytes;
     if (!PyArg_ParseTuple(args, "O!IIn", &HeapBaseType, &heap, &small_max, &large_max, &max_bytes))
         return NULL;
-    if (!heap->h || small_max > NP_SMALL_MAX || large_max > NP_LARGE_MAX || max_bytes < 0)
+    if (!heap->h || small_max > NP_KEPT_MAX || large_max > NP_KEPT_MAX || max_bytes < 0)
         return PyErr_Format(err_type, "numpy_handler: bounds out of range, or heap not attached");
     np_state *st = PyMem_RawMalloc(sizeof *st);
     if (!st) return PyErr_NoMemory();

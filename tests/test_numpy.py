@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
 import pathlib
 import re
 import subprocess
@@ -531,21 +532,39 @@ def test_an_array_keeps_its_heap_alive():
     assert alive() is None
 
 
-def test_interpreter_exit_with_live_arrays_is_clean():
-    code = textwrap.dedent("""
+def test_interpreter_exit_with_live_arrays_is_clean(tmp_path):
+    """Arrays die at every stage of exit: before realalloc's modules are torn
+    down (__main__), after them (a module imported first), in a daemon thread,
+    and blocks the handlers kept; with glibc unmapping what it frees at once."""
+    (tmp_path / "early.py").write_text("keep = []\n")
+    (tmp_path / "main.py").write_text(
+        textwrap.dedent("""
+        import early  # imported before realalloc: its globals are cleared after realalloc's
         import threading, numpy as np, realalloc, realalloc.numpy as rnp
         rnp.install(threads=True)
         keep = [np.ones(n) for n in (1, 100, 5000, 100_000, 1 << 20)]
+        early.keep += [np.ones(n) for n in (1, 100, 5000, 100_000, 1 << 20)]
         other = rnp.install(realalloc.Heap())
         keep.append(np.zeros(1 << 18))
+        dropped = [np.ones(n) for n in (100, 1 << 20)]
+        del dropped  # kept by the handler
         def hold():
             global held
             held = [np.ones(n) for n in (10, 1 << 20)]
             threading.Event().wait()
         threading.Thread(target=hold, daemon=True).start()
         print("ok")
-    """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        """)
+    )
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "main.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout == "ok\n" and r.stderr == ""
 
