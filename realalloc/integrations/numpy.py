@@ -391,8 +391,11 @@ PYTEST_DESELECT_NUMPY1: Final[dict[str, str]] = {
 
 class PytestSession:
     """The plugin ``realalloc.numpy_plugin`` registers: realalloc serves numpy
-    for the whole session, in every thread (``install(threads=True)`` on the
-    default heap, before collection).  After each test the main thread's
+    for the whole session, in every thread (``install(threads=True)``, before
+    collection), from a heap of its own without the background scavenger: its
+    thread runs Python now and then, and numpy's tests that count references
+    to small ints (``TestStructuredObjectRefcounting``, Python 3.11) raced
+    with it under load.  After each test the main thread's
     handler must still be realalloc's (a test that replaced it without putting
     it back is named and the handler set again); the session fails if that
     ever happened or if realalloc served no allocation, and the counts
@@ -412,7 +415,7 @@ class PytestSession:
             unset = False
         if unset and isinstance(inicache, dict):
             inicache["consider_namespace_packages"] = True
-        self.handler = install(threads=True)
+        self.handler = install(Heap(background_scavenger=False), threads=True)
         self.replaced: list[str] = []
         self.failure = ""
 
