@@ -530,6 +530,7 @@ static PyMethodDef module_methods[] = {
     {"locked", (PyCFunction)(void (*)(void))locked, METH_FASTCALL, NULL},
     {"set_errors", set_errors, METH_VARARGS, NULL},
     {"set_tracing", set_tracing, METH_O, NULL},
+    RA_NUMPY_METHODS /* csrc/numpy.c */
     {NULL},
 };
 
