@@ -436,13 +436,15 @@ class Collector:
     def _pin_inside(self, where: int) -> int:
         self._refuse_buffer(where, "pin")
         locate(self.mheap, where, "pin")
-        self.pins[where] = self.pins.get(where, 0) + 1
-        return where
+        return self.pin_fresh(where)
+
+    # Pins change in one line each, and their callers record them on the line
+    # of the call: an exception raised at a line (realalloc/__init__.py:
+    # interruption) leaves a pin made and recorded, or neither.
 
     def pin_fresh(self, addr: int) -> int:
-        """Pin an object just allocated on this thread, inside the heap."""
-        self.pins[addr] = self.pins.get(addr, 0) + 1
-        return addr
+        """Pin an object just allocated on this thread, inside the heap; returns ``addr``."""
+        return self.pins.__setitem__(addr, self.pins.get(addr, 0) + 1) or addr  # type: ignore[func-returns-value]
 
     def unpin(self, heap: Heap, addr: object) -> None:
         where = _address(addr, "unpin")
@@ -450,12 +452,9 @@ class Collector:
 
     def _unpin_inside(self, where: int, quiet: bool) -> None:
         count = self.pins.get(where, 0)
-        if count > 1:
-            self.pins[where] = count - 1
-        elif count:
-            del self.pins[where]
-        elif not quiet:
+        if not count and not quiet:
             raise InvalidArgumentError(f"unpin({where:#x}): the object is not pinned")
+        self.pins.update({where: count - 1}) if count > 1 else self.pins.pop(where, None)
 
     def _refuse_buffer(self, where: int, op: str) -> None:
         buf = self.buffers.get(where)
@@ -625,7 +624,7 @@ class Pinner:
 
     def _malloc_inside(self, size: int, kwargs: dict[str, bool]) -> int:
         gc = self._heap._collector("Pinner.malloc")
-        # One line: the object is pinned and recorded before any cycle can run.
+        # One line: pinned and recorded together, before any cycle can run.
         self._pinned.append(gc.pin_fresh(self._heap.malloc(size, **kwargs)))
         return self._pinned[-1]
 
@@ -637,8 +636,8 @@ class Pinner:
             self._heap._inside(self._unpin_inside, gc)
 
     def _unpin_inside(self, gc: Collector) -> None:
-        while self._pinned:
-            gc._unpin_inside(self._pinned.pop(), True)
+        while self._pinned:  # unpinned, then forgotten, on one line
+            gc._unpin_inside(self._pinned[-1], True) or self._pinned.pop()  # type: ignore[func-returns-value]
 
     def __enter__(self) -> Pinner:
         return self
