@@ -304,8 +304,15 @@ static PyObject *gc_cycle(PyObject *mod, PyObject *args) {
     gc_work g = {.h = self->h, .lo = (uintptr_t)lo, .hi = (uintptr_t)hi};
     uint64_t t0 = gc_now(), freed = 0, swept = 0, spans = 0;
     /* Sweep termination: every span back from the thread caches (and the
-     * tiny blocks retired), so each one sits on its central's lists. */
-    for (ra_mcache *c = g.h->caches; c; c = c->next) ra_release_cache(g.h, c, 0);
+     * tiny blocks retired), so each one sits on its central's lists.  A cached
+     * span's free slots may hold old data (its owner frees with plain stores
+     * and zeroes only on its own rewind): needzero, or a zeroed malloc from
+     * another cache would hand out stale words, pointers that resurrect. */
+    for (ra_mcache *c = g.h->caches; c; c = c->next) {
+        for (uint32_t spc = 0; spc < RA_NUM_SPAN_CLASSES; spc++)
+            if (c->alloc[spc] != g.h->empty_span) c->alloc[spc]->needzero = 1;
+        ra_release_cache(g.h, c, 0);
+    }
     uint64_t t1 = gc_now();
     int rc = gc_tables(&g);
     if (rc) PyErr_NoMemory();
@@ -376,7 +383,22 @@ static PyObject *gc_safepoint(PyObject *mod, PyObject *const *args, Py_ssize_t n
     return r;
 }
 
+/* gc_buffer_died(heap_address, pending, addr, weakref): the weakref callback
+ * of a collected heap's Buffer, a C call so that no Python line (where
+ * another thread could start a cycle) comes between it and the Buffer's own
+ * free.  A Buffer that dies while the world runs frees its object in that
+ * same step; one that dies while the world is stopped waits to free it (the
+ * slow path), so its address joins `pending`, a root until that free ran. */
+static PyObject *gc_buffer_died(PyObject *mod, PyObject *const *args, Py_ssize_t n) {
+    ra_heap *h = n == 4 ? (ra_heap *)PyLong_AsVoidPtr(args[0]) : NULL;
+    if (!h || !PyList_Check(args[1]))
+        return PyErr_Occurred() ? NULL : PyErr_Format(err_type, "gc_buffer_died(heap, list, addr, ref)");
+    if (RA_LOAD(&h->stopped) && PyList_Append(args[1], args[2]) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef gc_methods[] = {
+    {"gc_buffer_died", (PyCFunction)(void (*)(void))gc_buffer_died, METH_FASTCALL, NULL},
     {"gc_cycle", gc_cycle, METH_VARARGS, NULL},
     {"gc_heap_live", gc_heap_live, METH_O, NULL},
     {"gc_safepoint", (PyCFunction)(void (*)(void))gc_safepoint, METH_FASTCALL, NULL},

@@ -68,6 +68,10 @@ def gc_cycle(
     """One cycle, the world stopped by the caller: (marked bytes, marked
     objects, objects freed, spans swept, spans live, ns flush, ns mark, ns sweep)."""
 
+def gc_buffer_died(heap_address: int, pending: list[int], addr: int, ref: object, /) -> None:
+    """Weakref callback of a collected heap's Buffer: list ``addr`` in
+    ``pending`` if the world is stopped (its free then waits)."""
+
 def gc_safepoint(heap: HeapBase, fn: Callable[..., T], /, *args: Any) -> T:
     """fn(*args) with the world stopped, from a thread that may be inside the
     heap at a safe point (it parks while it waits)."""

@@ -401,3 +401,20 @@ def test_loads_and_stores_are_real(heap: realalloc.Heap) -> None:
     a = heap.malloc(16, scan=True)
     store(a, 0x1234)
     assert load(a) == 0x1234
+
+
+def test_slots_freed_in_a_cached_span_are_zeroed_after_a_cycle(heap: realalloc.Heap) -> None:
+    """A thread frees into its cached span with plain stores; the cycle takes
+    the span back: its free slots must be zeroed when reused, or old words
+    (here pointers to garbage) would come back in 'zeroed' memory."""
+    roots = Roots(heap, 16)
+    objs = [heap.malloc(64, scan=True) for _ in range(10)]
+    for i, o in enumerate(objs):
+        roots[i] = o
+        ctypes.memset(o, 0xAB, 64)
+    for i in range(2, 8):
+        roots[i] = 0
+        heap.free(objs[i])  # local frees: this thread's cache holds the span
+    collect(heap)
+    fresh = [heap.malloc(64, scan=True) for _ in range(6)]
+    assert all(ctypes.string_at(f, 64) == bytes(64) for f in fresh)

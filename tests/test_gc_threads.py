@@ -148,3 +148,41 @@ def test_memory_limit_and_pacer_with_threads() -> None:
         heap.collect()
         heap.check()
         assert heap.stats().heap_objects == NTHREADS
+
+
+def test_buffer_dying_while_the_world_is_stopped_keeps_its_object() -> None:
+    """A Buffer that dies while another thread has the world stopped frees its
+    object only after the stop: a cycle in between must keep that object (it
+    is listed as pending), and the free then completes normally."""
+    with realalloc.Heap(gc=True, background_scavenger=False) as heap:
+        heap.set_gc_percent(-1)
+        box: list[realalloc.Buffer] = [heap.alloc(48, scan=True)]
+        addr = box[0].address
+        target = heap.malloc(48, scan=True)
+        store(addr, target)  # reached through the Buffer only
+        dropped = threading.Event()
+
+        def drop() -> None:
+            dropped.set()
+            box.clear()  # the Buffer dies; its free waits for the stop
+
+        def stopped() -> None:
+            threading.Thread(target=drop).start()
+            dropped.wait(10)
+            deadline = 0
+            while addr not in heap._gc.pending and deadline < 10_000:
+                deadline += 1
+                threading.Event().wait(0.001)
+            assert addr in heap._gc.pending
+            heap._gc.cycle(heap, True)  # the world is ours: collect now
+            assert live(heap, addr) and live(heap, target)
+
+        heap._alone(stopped)
+        deadline = 0
+        while heap._gc.pending and deadline < 10_000:  # the waiting free runs now
+            deadline += 1
+            threading.Event().wait(0.001)
+        assert not heap._gc.pending and not live(heap, addr)
+        heap.collect()
+        heap.check()
+        assert not live(heap, target)

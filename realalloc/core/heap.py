@@ -643,11 +643,18 @@ class _CollectedHeap(Heap):
 
     def _alloc_rooted(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Buffer:
         buf: Buffer = _BASE_ALLOC(self, *args, **kwargs)
-        self._gc.buffers[buf.address] = buf
+        self._gc.register_buffer(self, buf)
         return buf
+
+    def _free_slow(self, addr: object) -> None:
+        """As Heap._free_slow; then a Buffer's free that waited for a stop is done."""
+        super()._free_slow(addr)
+        if type(addr) is int:
+            self._gc.freed(addr)
 
     def realloc(self, addr: int, size: int) -> int:
         """As Heap.realloc, inside the heap from start to end, so no cycle
-        frees the new object before the contents are copied.  The new object
+        frees the new object before the contents are copied.  The object at
+        ``addr`` must be reachable (its own malloc may collect); the new one
         is as fresh as malloc's: link it before the next allocation."""
         return self._inside(super().realloc, addr, size)

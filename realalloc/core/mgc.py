@@ -112,8 +112,8 @@ Invariants (checked by ``check``):
   GC-2: the last cycle's books balance: objects before == objects marked +
         objects freed, and right after its sweep heap_alloc and heap_objects
         equal the bytes and objects it marked.
-  GC-3: every pin, registered finalizer and queued finalizer names the start
-        of a live object.
+  GC-3: every pin, registered finalizer, queued finalizer and pending
+        Buffer free names the start of a live object.
 
 Locking: the tables (roots, pins, finalizers, Buffers) are changed inside
 the heap (``heap._inside``), one statement per change, so no cycle runs
@@ -122,6 +122,7 @@ while they change; a cycle reads them with the world stopped.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -141,7 +142,7 @@ from ..errors import (
     require_int,
 )
 from .locate import locate
-from .osmem import lib
+from .osmem import ffi, lib
 from .sizeclasses import ARENA_BYTES
 
 if TYPE_CHECKING:
@@ -231,6 +232,7 @@ class Collector:
 
     def __init__(self, mheap: MHeap, trace: bool) -> None:
         self.mheap = mheap
+        self._h = int(ffi.cast("uintptr_t", mheap.h))
         self.trace = trace
         self.percent = 100
         self.marked = 0
@@ -243,8 +245,12 @@ class Collector:
         self.finalizers: dict[int, Finalizer] = {}
         self.due: list[tuple[int, Finalizer]] = []
         """Finalizers queued by a cycle and not yet run (their objects are roots)."""
-        self.buffers: weakref.WeakValueDictionary[int, Buffer] = weakref.WeakValueDictionary()
-        """Live Buffers by address: roots."""
+        self.buffers: dict[int, weakref.ref[Buffer]] = {}
+        """Buffers by address (dead ones pruned at each cycle): roots while they live."""
+        self.pending: list[int] = []
+        """Objects of Buffers that died while the world was stopped and whose
+        free still waits: roots until ``freed`` (see ``register_buffer``)."""
+        self._pin_lock = threading.Lock()
         self.sweepgen = 0
         self.num_gc = 0
         self.num_forced_gc = 0
@@ -268,8 +274,12 @@ class Collector:
         (``heap._alone`` or ``_fast.gc_safepoint``)."""
         start = time.monotonic_ns()
         heap0, objects0 = _fast.gc_heap_live(heap)
-        buffers = [a for a, b in list(self.buffers.items()) if not b.freed]
-        objects = [*self.pins, *buffers, *(a for a, _ in list(self.due))]
+        objects = [
+            *self.pins,
+            *self._live_buffers(),
+            *self.pending,
+            *(a for a, _ in list(self.due)),
+        ]
         roots = list(self.roots.items())
         lo, hi = self._bounds()
         r = _fast.gc_cycle(heap, lo, hi, objects, roots, self.finalizers, self.due)
@@ -360,6 +370,41 @@ class Collector:
         old, self.percent, self.goal = self.percent, new, self._goal(self.marked, new, roots)
         return old
 
+    # -- Buffers -------------------------------------------------------------------
+
+    def register_buffer(self, heap: Heap, buf: Buffer) -> None:
+        """A Buffer of this heap, a root while it lives (inside the heap).
+
+        A Buffer frees its object when it dies, after its weak references are
+        cleared.  A Python callback there could let another thread start a
+        cycle that no longer sees the Buffer, which would free the object
+        before the Buffer does.  So the callback is C (``_fast.gc_buffer_died``,
+        bound by a partial): while the world runs, the Buffer's death and its
+        free are one step; while it is stopped, the free waits, and the
+        callback lists the object in ``pending`` (a root) until ``freed``."""
+        addr = buf.address
+        died = functools.partial(_fast.gc_buffer_died, self._h, self.pending, addr)
+        self.buffers[addr] = weakref.ref(buf, died)
+
+    def freed(self, addr: int) -> None:
+        """The slow path freed ``addr``: a Buffer's free that waited is done."""
+        if addr in self.pending:
+            self.pending.remove(addr)
+
+    def _live_buffers(self) -> list[int]:
+        """Addresses of the live Buffers; dead entries go (their frees are done or pending)."""
+        live, dead = [], []
+        for addr, ref in list(self.buffers.items()):
+            buf = ref()
+            if buf is None:
+                dead.append((addr, ref))
+            elif not buf.freed:
+                live.append(addr)
+        for addr, ref in dead:
+            if self.buffers.get(addr) is ref:
+                del self.buffers[addr]
+        return live
+
     def _bounds(self) -> tuple[int, int]:
         bases = [a.base for a in self.mheap.arenas]
         return (min(bases), max(bases) + ARENA_BYTES) if bases else (0, 0)
@@ -444,20 +489,27 @@ class Collector:
 
     def pin_fresh(self, addr: int) -> int:
         """Pin an object just allocated on this thread, inside the heap; returns ``addr``."""
-        return self.pins.__setitem__(addr, self.pins.get(addr, 0) + 1) or addr  # type: ignore[func-returns-value]
+        return _fast.locked(self._pin_lock, self._pin_delta, addr, 1) or addr
+
+    def _pin_delta(self, addr: int, delta: int) -> None:
+        """Add ``delta`` to the pins of ``addr`` (under _pin_lock: threads pin
+        at once); the last line is the one change."""
+        count = self.pins.get(addr, 0) + delta
+        self.pins.update({addr: count}) if count > 0 else self.pins.pop(addr, None)
 
     def unpin(self, heap: Heap, addr: object) -> None:
         where = _address(addr, "unpin")
         heap._inside(self._unpin_inside, where, False)
 
     def _unpin_inside(self, where: int, quiet: bool) -> None:
-        count = self.pins.get(where, 0)
-        if not count and not quiet:
+        if not self.pins.get(where) and not quiet:
             raise InvalidArgumentError(f"unpin({where:#x}): the object is not pinned")
-        self.pins.update({where: count - 1}) if count > 1 else self.pins.pop(where, None)
+        if self.pins.get(where):
+            _fast.locked(self._pin_lock, self._pin_delta, where, -1)
 
     def _refuse_buffer(self, where: int, op: str) -> None:
-        buf = self.buffers.get(where)
+        ref = self.buffers.get(where)
+        buf = ref() if ref is not None else None
         if buf is not None and not buf.freed:
             raise InvalidArgumentError(
                 f"{op}({where:#x}): the memory of a live Buffer, which keeps its object alive "
@@ -502,11 +554,13 @@ class Collector:
                 f"marked ({last.marked} bytes), {last.freed} freed; after it heap_alloc "
                 f"{last.heap1}, heap_objects {last.objects1}"
             )
-        named = [*self.pins, *self.finalizers, *(a for a, _ in list(self.due))]
+        named = [*self.pins, *self.finalizers, *self.pending, *(a for a, _ in list(self.due))]
         h = self.mheap.h
         for addr in named:
             if not lib.ra_usable_size(h, addr):
-                raise HeapCorruption(f"GC-3: pin or finalizer at {addr:#x}: no live object there")
+                raise HeapCorruption(
+                    f"GC-3: pin, finalizer or pending Buffer at {addr:#x}: no live object there"
+                )
 
     def close(self) -> None:
         """The heap closes: the finalizer thread ends; queued finalizers never run."""
