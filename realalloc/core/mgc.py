@@ -15,7 +15,9 @@ An object survives a cycle while at least one of these holds when the
 cycle starts:
 
 * a live ``Buffer`` covers it (``heap.alloc``: a Buffer is a root while it
-  lives, and frees its object when it goes, as in every heap);
+  lives, and frees its object when it goes, as in every heap, so what only
+  the Buffer's object reached is garbage then; a Buffer's memory cannot be
+  pinned or given a finalizer: the Buffer decides its end);
 * it is pinned (``heap.pin``, or a ``Pinner``), or its finalizer is queued
   and has not run yet;
 * an aligned 8-byte word of a root range (``heap.add_root``) or of a live
@@ -570,6 +572,8 @@ class Collector:
         self.finalizers.clear()
         self.pins.clear()
         self.roots.clear()
+        self.buffers.clear()
+        self.pending.clear()
 
     def memstats(self) -> dict[str, Any]:
         """The MemStats fields of the collector."""
