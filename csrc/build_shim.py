@@ -34,7 +34,7 @@ def package_version() -> str:
     return match.group(1)
 
 
-HEADERS = ("sizeclasses.h", "shim.h", "spanbits.h", "pages.h", "central.h", "numpy.c")
+HEADERS = ("sizeclasses.h", "shim.h", "spanbits.h", "pages.h", "central.h", "numpy.c", "gc.c")
 
 
 def _cdef() -> str:

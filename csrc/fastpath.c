@@ -494,6 +494,7 @@ static PyTypeObject HeapBaseType = {
 };
 
 #include "numpy.c" /* numpy's data allocator: its own file, with the statics above */
+#include "gc.c"    /* garbage collection kernels (gc_methods): likewise */
 
 /* ---- module ------------------------------------------------------------- */
 
@@ -560,7 +561,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
         PyModule_AddStringConstant(m, "VERSION", RA_PACKAGE_VERSION) < 0 ||
         PyModule_AddIntConstant(m, "TRACEMALLOC_DOMAIN", RA_TRACEMALLOC_DOMAIN) < 0 ||
         PyModule_AddIntConstant(m, "STOPPED", RA_STOPPED) < 0 ||
-        PyModule_AddIntConstant(m, "CLOSED", RA_CLOSED) < 0) {
+        PyModule_AddIntConstant(m, "CLOSED", RA_CLOSED) < 0 || PyModule_AddFunctions(m, gc_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -130,6 +130,11 @@ Around the allocator
 ====================
 core/stats.py      MemStats (Go's runtime.MemStats fields) from per-thread
                    counters, and MemoryReport (beside RSS/USS, core/rss.py).
+core/mgc.py        garbage collection for ``Heap(gc=True)``: roots (Buffers,
+                   root ranges, pins), a stop-the-world mark and sweep in C
+                   (csrc/gc.c), Go's pacer, finalizers.  An address held only
+                   in a Python int is not a root: link a fresh object before
+                   the next allocation, or allocate it with Pinner.malloc.
 core/scavenger.py  the background scavenger: keeps free resident pages within
                    10% of in-use pages, releasing the rest (MADV_DONTNEED).
 core/lifecycle.py  fork (at-fork handlers) and interpreter exit.
@@ -150,6 +155,7 @@ from typing import TYPE_CHECKING, Any
 from . import _fast
 from ._version import __version__
 from .core.heap import MAX_HEAPS, Buffer, Heap
+from .core.mgc import Pinner
 from .core.mheap import MHeap
 from .core.osmem import fault_hits, inject_faults
 from .core.pagealloc import PageAlloc
@@ -162,6 +168,7 @@ from .errors import (
     BufferFreedError,
     DoubleFreeError,
     ForeignPointerError,
+    GCError,
     HeapClosedError,
     HeapCorruption,
     InteriorPointerError,
@@ -226,6 +233,7 @@ __all__ = [
     "BufferFreedError",
     "DoubleFreeError",
     "ForeignPointerError",
+    "GCError",
     "Heap",
     "HeapClosedError",
     "HeapCorruption",
@@ -238,6 +246,7 @@ __all__ = [
     "MemoryReport",
     "OutOfMemoryError",
     "PageAlloc",
+    "Pinner",
     "RealAllocError",
     "ReentrancyError",
     "ShimError",

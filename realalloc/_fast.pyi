@@ -50,6 +50,32 @@ def locked(lock: Any, fn: Callable[..., T], /, *args: Any) -> T:
     """fn(*args) holding lock (its acquire and release), released however fn ends."""
 
 def set_tracing(flag: bool) -> None: ...
+
+# Garbage collection kernels (csrc/gc.c; policy in realalloc/core/mgc.py).
+def gc_heap_live(heap: HeapBase, /) -> tuple[int, int]:
+    """(heap_alloc, heap_objects) as MemStats counts them."""
+
+def gc_cycle(
+    heap: HeapBase,
+    lo: int,
+    hi: int,
+    objects: list[int],
+    ranges: list[tuple[int, int]],
+    finalizers: dict[int, Callable[[int], object]],
+    due: list[tuple[int, Callable[[int], object]]],
+    /,
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """One cycle, the world stopped by the caller: (marked bytes, marked
+    objects, objects freed, spans swept, spans live, ns flush, ns mark, ns sweep)."""
+
+def gc_buffer_died(heap_address: int, pending: list[int], addr: int, ref: object, /) -> None:
+    """Weakref callback of a collected heap's Buffer: list ``addr`` in
+    ``pending`` if the world is stopped (its free then waits)."""
+
+def gc_safepoint(heap: HeapBase, fn: Callable[..., T], /, *args: Any) -> T:
+    """fn(*args) with the world stopped, from a thread that may be inside the
+    heap at a safe point (it parks while it waits)."""
+
 def set_errors(
     closed: type[BaseException],
     reentrant: type[BaseException],

@@ -17,6 +17,9 @@ both work::
     ├── HeapClosedError          (RuntimeError) the heap was closed
     ├── ReentrancyError          (RuntimeError) a call re-entered the heap where it cannot
     ├── BufferFreedError         (ValueError)   a Buffer was used after free()
+    ├── GCError                  (RuntimeError) a collector call the heap cannot make: it has
+    │                                           no collector, or the object's collector state
+    │                                           forbids it (free of a pinned object)
     ├── HeapCorruption           (AssertionError) an invariant does not hold
     └── OutOfMemoryError         (MemoryError)  the request cannot be satisfied
         └── ShimError            (OSError)      the OS refused a memory operation
@@ -35,6 +38,7 @@ __all__ = [
     "BufferFreedError",
     "DoubleFreeError",
     "ForeignPointerError",
+    "GCError",
     "HeapClosedError",
     "HeapCorruption",
     "InteriorPointerError",
@@ -89,6 +93,13 @@ class ReentrancyError(RealAllocError, RuntimeError):
 
 class BufferFreedError(RealAllocError, ValueError):
     """A Buffer was used after its memory was freed (or its heap closed)."""
+
+
+class GCError(RealAllocError, RuntimeError):
+    """A garbage-collection call the heap cannot make: a collector method on a
+    heap made without one (``Heap(gc=False)``), or a call the object's
+    collector state forbids (``free`` of a pinned object, or of one whose
+    finalizer is queued).  Nothing changed."""
 
 
 class HeapCorruption(RealAllocError, AssertionError):

@@ -1,4 +1,4 @@
-"""The package's shape: no import cycles among its modules; the C core within budget."""
+"""The package's shape: no import cycles among its modules; C code within its budgets."""
 
 from __future__ import annotations
 
@@ -67,3 +67,9 @@ def test_c_core_stays_within_its_budget() -> None:
     # The allocator core: shim, kernels, fast path, span hand-off (generated tables excluded).
     core = _c_lines("shim.h", "shim.c", "spanbits.h", "pages.h", "central.h", "fastpath.c")
     assert core <= 1600, f"csrc core is {core} non-blank lines, over the 1,600 budget"
+
+
+def test_gc_kernels_stay_within_their_budget() -> None:
+    # csrc/gc.c: mark, sweep and the safe-point stop, included by fastpath.c.
+    kernels = _c_lines("gc.c")
+    assert kernels <= 400, f"csrc/gc.c is {kernels} non-blank lines, over the 400 budget"

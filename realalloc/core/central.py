@@ -97,6 +97,12 @@ class CentralPolicy:
     def reclaim(self) -> None:
         reclaim(self._h)
 
+    def has_room(self, spc: int) -> bool:
+        """Whether class ``spc`` has a span with room on its lists (read
+        without the lock: a hint)."""
+        ce = self._h.central[spc]
+        return bool(ce.count[lib.RA_LIST_PARTIAL] or ce.count[lib.RA_LIST_EMPTY])
+
     def check(self, cached: set[int]) -> int:
         """Verify CENTRAL-2/3 and the listed half of CENTRAL-1; return how many
         small-object spans are listed.  ``cached``: ids of the spans thread

@@ -53,8 +53,8 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
 
 from .. import _fast
 from .._debug import HeapLock
@@ -64,6 +64,7 @@ from ..errors import (
     BufferFreedError,
     DoubleFreeError,
     ForeignPointerError,
+    GCError,
     HeapClosedError,
     HeapCorruption,
     OutOfMemoryError,
@@ -74,11 +75,13 @@ from .cache import MCache
 from .central import CentralPolicy
 from .lifecycle import register_heap, unregister_heap
 from .locate import locate
+from .mgc import Collector, Pinner
 from .mheap import MAX_PAGES, MHeap
 from .osmem import ffi, lib
 from .rss import rss, uss
 from .scavenger import BackgroundScavenger
 from .sizeclasses import (
+    CLASS_TO_NPAGES,
     CLASS_TO_SIZE,
     MAX_SMALL_SIZE,
     PAGE_SIZE,
@@ -92,6 +95,7 @@ from .stats import HEAP_BYTES, MCACHE_BYTES, MemoryReport, MemStats, collect
 __all__ = ["MAX_HEAPS", "Buffer", "Heap"]
 
 Buffer = _fast.Buffer
+T = TypeVar("T")
 _fast.set_errors(HeapClosedError, ReentrancyError, BufferFreedError, ArgumentTypeError)
 if __version__ != _fast.VERSION:  # pragma: no cover - depends on the build
     raise ImportError(
@@ -181,14 +185,36 @@ class Heap(_fast.HeapBase):
     ``python_mallocs`` counts the malloc calls (and allocs) that ran Python
     code, a slow path; the rest ran in C alone.  Counted without a lock:
     exact on one thread, close on many.
+
+    ``gc=True`` makes a collected heap (Go's garbage collector; an instance
+    of a subclass whose ``free``, ``alloc`` and ``realloc`` know the
+    collector's tables): objects nothing reaches are freed by ``collect()``
+    and by automatic cycles.  **A fresh object is reached by nothing**: link
+    it, or allocate it with ``pinner().malloc``, before the next allocation.
+    The contract, the cycle and the pacer: realalloc/core/mgc.py.  The
+    collector's methods (``collect``, ``set_gc_percent``, ``add_root``,
+    ``remove_root``, ``pin``, ``unpin``, ``pinner``, ``set_finalizer``)
+    raise GCError on a heap made without one.
     """
 
     python_mallocs: int
 
-    def __init__(self, *, zero: bool = True, background_scavenger: bool = True) -> None:
-        for name, flag in (("zero", zero), ("background_scavenger", background_scavenger)):
+    def __new__(cls, *args: object, gc: object = False, **kwargs: object) -> Heap:
+        # gc=True: the subclass whose free/alloc/realloc know the collector.
+        return super().__new__(_CollectedHeap if gc is True and cls is Heap else cls)
+
+    def __init__(
+        self, *, zero: bool = True, background_scavenger: bool = True, gc: bool = False
+    ) -> None:
+        for name, flag in (
+            ("zero", zero),
+            ("background_scavenger", background_scavenger),
+            ("gc", gc),
+        ):
             if not isinstance(flag, bool):
                 raise ArgumentTypeError(f"{name} must be a bool, not {type(flag).__name__}")
+        if gc and not isinstance(self, _CollectedHeap):
+            raise ArgumentTypeError(f"{type(self).__name__} cannot be made with gc=True")
         self._zero = zero
         self.python_mallocs = 0
         # Held by the thread that runs check(), with the world stopped: a call
@@ -207,6 +233,7 @@ class Heap(_fast.HeapBase):
         self.c.gen = next(_gens)
         self.c.slot = self._slot
         self.central = CentralPolicy(self.c)
+        self._gc = Collector(self.mheap, os.environ.get("REALALLOC_GCTRACE") == "1") if gc else None
         self._local = threading.local()
         self._caches: weakref.WeakSet[MCache] = weakref.WeakSet()
         self._baseline_rss = rss()
@@ -247,8 +274,15 @@ class Heap(_fast.HeapBase):
             npages = -(-size // PAGE_SIZE)
             if npages > MAX_PAGES:
                 raise OutOfMemoryError(f"malloc({size:#x}): larger than the address space")
-            span = self.mheap.alloc_span(
-                npages, SpanState.IN_USE, int(not scan), zero=zero, what=f"malloc({size})"
+            if self._gc is not None:
+                self._gc.poll(self)  # a safe point: no lock held, nothing half made
+            span = self._limited(
+                self.mheap.alloc_span,
+                npages,
+                SpanState.IN_USE,
+                int(not scan),
+                zero=zero,
+                what=f"malloc({size})",
             )
             return span.base
         # A small object: with this thread's cache in place the fast path can
@@ -266,8 +300,26 @@ class Heap(_fast.HeapBase):
         self.python_mallocs += 1
         if self._scavenger is not None:
             self._scavenger.start()  # a no-op unless a fork or a first growth needs it
+        # A safe point: a cycle that left the class room needs no batch.
+        if self._gc is not None and self._gc.poll(self) and self.central.has_room(spc):
+            return
         what = f"malloc of a {CLASS_TO_SIZE[spc >> 1]}-byte object"
-        self.mheap.grow_central(spc, self.central.batch_for(spc), what)
+        nspans = self.central.batch_for(spc)
+        if self._gc is not None:  # no further than the goal: the pacer looks again there
+            nspans = self._gc.clip(self, nspans, CLASS_TO_NPAGES[spc >> 1] * PAGE_SIZE)
+        self._limited(self.mheap.grow_central, spc, nspans, what)
+
+    def _limited(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """fn(*args, **kwargs); in a collected heap whose memory limit refused
+        it, collect (MHeap.lock is released by then) and try once more."""
+        try:
+            return fn(*args, **kwargs)
+        except OutOfMemoryError:
+            if self._gc is None or self.mheap.memory_limit is None:
+                raise
+            if not self._gc.collect_for_limit(self):
+                raise
+        return fn(*args, **kwargs)
 
     def _free_slow(self, addr: object) -> None:
         """free of an address the fast path refused: free it if it can be
@@ -326,8 +378,67 @@ class Heap(_fast.HeapBase):
         Read under MHeap.lock, so the page numbers are of one moment: a growth
         on another thread maps an arena before its pages count as released,
         and in between heap_idle - heap_released would be 64 MiB too high."""
-        st: MemStats = self._inside(self.mheap.lock.run, collect, self.mheap)
+        st: MemStats = self._inside(self.mheap.lock.run, collect, self.mheap, self._gc)
         return st
+
+    # -- garbage collection (realalloc/core/mgc.py) --------------------------
+
+    @property
+    def gc(self) -> bool:
+        """True for a collected heap (``Heap(gc=True)``)."""
+        return self._gc is not None
+
+    def _collector(self, op: str) -> Collector:
+        gc = self._gc
+        if gc is None:
+            raise GCError(f"{op}: this heap has no garbage collector (make it with Heap(gc=True))")
+        return gc
+
+    def collect(self) -> None:
+        """Run a full collection now (Go: runtime.GC), with the world stopped:
+        other threads finish their calls into the heap and wait.  From inside
+        a heap call (a signal handler): ReentrancyError."""
+        gc = self._collector("collect")
+        self._alone(gc.cycle, self, True)
+
+    def set_gc_percent(self, percent: int) -> int:
+        """Set GOGC (Go: debug.SetGCPercent); return the old value.  The next
+        cycle starts when heap_alloc reaches marked * (1 + percent/100) (at
+        least 4 MiB * percent/100); a negative percent turns automatic cycles
+        off (stored as -1)."""
+        return self._collector("set_gc_percent").set_percent(percent)
+
+    def add_root(self, addr: int, nbytes: int) -> None:
+        """Scan [addr, addr + nbytes) in every cycle (Go: a global variable):
+        every aligned word pointing into an object keeps it.  The memory must
+        stay readable until ``remove_root``; one range per start address."""
+        self._collector("add_root").add_root(self, addr, nbytes)
+
+    def remove_root(self, addr: int) -> None:
+        """Stop scanning the root range that starts at ``addr``."""
+        self._collector("remove_root").remove_root(self, addr)
+
+    def pin(self, addr: int) -> None:
+        """Keep the object starting at ``addr`` (and, if scan, what it reaches)
+        alive until as many ``unpin`` calls (Go: runtime.Pinner.Pin)."""
+        self._collector("pin").pin(self, addr)
+
+    def unpin(self, addr: int) -> None:
+        """Undo one ``pin`` of the object starting at ``addr``."""
+        self._collector("unpin").unpin(self, addr)
+
+    def pinner(self) -> Pinner:
+        """A Pinner (Go: runtime.Pinner): pins objects, allocates pinned
+        objects (``Pinner.malloc``), unpins them all at once or on ``with`` exit."""
+        self._collector("pinner")
+        return Pinner(self)
+
+    def set_finalizer(self, addr: int, fn: Callable[[int], object] | None) -> None:
+        """Run ``fn(addr)`` once, on the heap's finalizer thread, after a cycle
+        found the object starting at ``addr`` unreachable (Go:
+        runtime.SetFinalizer); it and what it reaches live through that cycle.
+        None removes the finalizer.  ``free`` of the object drops it."""
+        self._collector("set_finalizer").set_finalizer(self, addr, fn)
 
     def spans(self) -> Iterator[SpanInfo]:
         """Every live span, walked now (a full picture; stats() is the cheap one)."""
@@ -392,13 +503,28 @@ class Heap(_fast.HeapBase):
         new_allocator = getattr(ffi, "new_allocator", None)
         if new_allocator is None:
             raise ArgumentTypeError(f"ffi must be a cffi FFI, not {type(ffi).__name__}")
-        malloc, free = self.malloc, self.free
+        malloc, free, gc = self.malloc, self.free, self._gc
 
         def alloc(size: int) -> Any:
+            if gc is not None:  # cffi holds the object: pinned until it frees it
+                return ffi.cast("void *", self._inside(pinned, size))
             return ffi.cast("void *", malloc(size, zero=zero))
 
+        def pinned(size: int) -> int:
+            assert gc is not None
+            return gc.pin_fresh(malloc(size, zero=zero))
+
         def release(ptr: Any) -> None:
-            free(int(ffi.cast("uintptr_t", ptr)))
+            addr = int(ffi.cast("uintptr_t", ptr))
+            if gc is not None:
+                self._inside(unpin_and_free, addr)
+            else:
+                free(addr)
+
+        def unpin_and_free(addr: int) -> None:
+            assert gc is not None
+            gc._unpin_inside(addr, True)
+            gc.free_special(self, addr)
 
         # should_clear_after_alloc=False: realalloc zeroes (or not) itself.
         return new_allocator(alloc, release, should_clear_after_alloc=False)
@@ -469,6 +595,8 @@ class Heap(_fast.HeapBase):
     def _teardown(self) -> None:
         """After close: each step may run again, so an interrupted close finishes later."""
         self._stop_scavenger()
+        if self._gc is not None:
+            self._gc.close()
         self.mheap.close()
         self._give_slot()
         unregister_heap(self)
@@ -537,12 +665,56 @@ class Heap(_fast.HeapBase):
                 f"CENTRAL-1: {len(small)} object spans, {listed} on central lists, "
                 f"{len(cached)} cached"
             )
+        if self._gc is not None:
+            self._gc.check(self)
         # collect, not stats(): entering the heap again would let a signal
         # handler's malloc take the fast path (a thread inside the heap does
         # even while it is stopped) and change the counters under the check.
-        st = collect(self.mheap)
+        st = collect(self.mheap, self._gc)
         st.check()
         live = sum(int(s.c.alloc_count) - int(s.c.nfreed) for s in small)
         counted = sum(c.mallocs - c.frees for c in st.by_size)
         if live != counted:
             raise HeapCorruption(f"STATS-3: {live} live small objects, counters say {counted}")
+
+
+_BASE_FREE: Final = _fast.HeapBase.free
+_BASE_ALLOC: Final = _fast.HeapBase.alloc
+
+
+class _CollectedHeap(Heap):
+    """``Heap(gc=True)``: ``free``, ``alloc`` and ``realloc`` also keep the
+    collector's tables right (realalloc/core/mgc.py)."""
+
+    _gc: Collector
+
+    def free(self, addr: int) -> None:
+        """free(addr): as Heap.free; GCError for a pinned object (or one whose
+        finalizer is queued); a finalizer set on the object is dropped."""
+        gc = self._gc
+        if type(addr) is int and (addr in gc.pins or addr in gc.finalizers or gc.due):
+            self._inside(gc.free_special, self, addr)
+        else:
+            _BASE_FREE(self, addr)
+
+    def alloc(self, *args: Any, **kwargs: Any) -> Buffer:
+        """alloc(size, *, scan=False, zero=True) -> Buffer; a root while it lives."""
+        return self._inside(self._alloc_rooted, args, kwargs)
+
+    def _alloc_rooted(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Buffer:
+        buf: Buffer = _BASE_ALLOC(self, *args, **kwargs)
+        self._gc.register_buffer(self, buf)
+        return buf
+
+    def _free_slow(self, addr: object) -> None:
+        """As Heap._free_slow; then a Buffer's free that waited for a stop is done."""
+        super()._free_slow(addr)
+        if type(addr) is int:
+            self._gc.freed(addr)
+
+    def realloc(self, addr: int, size: int) -> int:
+        """As Heap.realloc, inside the heap from start to end, so no cycle
+        frees the new object before the contents are copied.  The object at
+        ``addr`` must be reachable (its own malloc may collect); the new one
+        is as fresh as malloc's: link it before the next allocation."""
+        return self._inside(super().realloc, addr, size)

@@ -46,6 +46,7 @@ from .sizeclasses import (
 )
 
 if TYPE_CHECKING:
+    from .mgc import Collector
     from .mheap import MHeap
 
 __all__ = ["HEAP_BYTES", "MCACHE_BYTES", "MemStats", "MemoryReport", "SizeClassStats", "collect"]
@@ -125,6 +126,22 @@ class MemStats:
     """Bytes of address space reserved from the OS."""
     sys: int
     """Bytes obtained from the OS: mapped + metadata (Go: Sys)."""
+    num_gc: int
+    """Completed garbage collections (Go: NumGC); 0 in a heap without a collector."""
+    num_forced_gc: int
+    """Collections started by ``collect()`` (Go: NumForcedGC)."""
+    next_gc: int
+    """The goal: the next automatic cycle starts when heap_alloc reaches it (Go:
+    NextGC); 2**64 - 1 with automatic cycles off, 0 without a collector."""
+    last_gc: int
+    """When the last collection ended, in nanoseconds since the epoch (Go: LastGC)."""
+    pause_total_ns: int
+    """Nanoseconds of every collection's stop-the-world pause (Go: PauseTotalNs)."""
+    pause_ns: tuple[int, ...]
+    """The last 256 pauses, circular: the latest at [(num_gc + 255) % 256] (Go: PauseNs)."""
+    gc_cpu_fraction: float
+    """Pause time over wall time since the heap was made (Go: GCCPUFraction, over
+    GOMAXPROCS x time; here the collector runs on one thread, the world stopped)."""
     by_size: tuple[SizeClassStats, ...]
     """Per size class, index = class (0 is unused, as Go's BySize[0])."""
 
@@ -149,8 +166,19 @@ class MemStats:
         return asdict(self)
 
 
-def collect(mheap: MHeap) -> MemStats:
-    """MemStats of a heap, from its C counters."""
+_NO_GC: Final[dict[str, Any]] = {
+    "num_gc": 0,
+    "num_forced_gc": 0,
+    "next_gc": 0,
+    "last_gc": 0,
+    "pause_total_ns": 0,
+    "pause_ns": (0,) * 256,
+    "gc_cpu_fraction": 0.0,
+}
+
+
+def collect(mheap: MHeap, gc: Collector | None = None) -> MemStats:
+    """MemStats of a heap, from its C counters (and its collector's, if any)."""
     counts = ffi.new("ra_counts *")
     ncaches = ffi.new("uint32_t *")
     lib.ra_counts_sum(mheap.h, counts, ncaches)
@@ -202,6 +230,7 @@ def collect(mheap: MHeap) -> MemStats:
         reserved=os_stats.reserved,
         sys=os_stats.ready + metadata,
         by_size=tuple(SizeClassStats(CLASS_TO_SIZE[i], nmalloc[i], nfree[i]) for i in range(n)),
+        **(_NO_GC if gc is None else gc.memstats()),
     )
 
 

@@ -37,6 +37,20 @@ They go into the JSON report (``samples``) and, with ``--plot FILE``, into a
 PNG of 1000 x 600 pixels (``PLOT_SIZE``): ops/s above, live bytes, bytes in
 use and RSS in MiB below, over seconds since the start.
 
+Garbage collection (``--gc``, the go design only): the heap is
+``Heap(gc=True)`` and nothing is freed by dropping a Python int.  Each
+worker links its live objects through scan objects: a chain of directory
+blocks (4 KiB scan objects: word 0 links the next block, the other words
+hold live objects), the chain's head in a root range.  An object is
+allocated pinned (``Pinner.malloc``), filled with its pattern, linked into
+a directory slot and unpinned.  "Freeing" it unlinks it: usually it is just
+dropped for the collector; one time in five it is also freed explicitly;
+for a hand-off it is pinned, unlinked and queued, and the taker verifies it
+and either adopts it (links it into its own directory) or drops it, then
+unpins it.  Cycles come from the pacer (and from the memory limit, if
+set).  At the end the workers drop everything, the heap collects, and any
+object left over is an error.  The report adds the collector's figures.
+
 Checking before running: every option is checked while the command line is
 parsed (numbers in range, the replay file read and parsed, the ``--json``
 and ``--plot`` paths opened for writing, matplotlib importable for
@@ -229,6 +243,9 @@ class StressConfig:
     """Seconds between plain progress lines when that stream is not a terminal."""
     design: str = "go"
     """The heap: go (realalloc.Heap) or one of realalloc.designs (see DESIGN_NAMES)."""
+    gc: bool = False
+    """A collected heap (``Heap(gc=True)``): objects are linked through scan
+    objects and dropped for the collector (see the module docstring)."""
 
     def check(self) -> None:
         """Raise InvalidArgumentError (or ArgumentTypeError) for a bad option."""
@@ -247,6 +264,10 @@ class StressConfig:
         if self.memory_limit is not None and self.design != "go":
             raise InvalidArgumentError(
                 f"memory_limit (--memory-limit) needs the go design: {self.design} has none"
+            )
+        if self.gc and self.design != "go":
+            raise InvalidArgumentError(
+                f"gc (--gc) needs the go design: {self.design} has no garbage collector"
             )
 
 
@@ -321,6 +342,8 @@ class StressReport:
     """Unexpected exceptions in workers."""
     samples: list[Sample] = field(default_factory=list)
     """The monitor's time series (see the module docstring)."""
+    gc: dict[str, int] | None = None
+    """With --gc: num_gc, num_forced_gc, pause_total_ns, pause_max_ns; else None."""
 
     @property
     def failed(self) -> bool:
@@ -379,6 +402,15 @@ class StressReport:
                 else f"  scavenged    {'-':>12} (the {self.design} design has no scavenger)"
             ),
             f"  heap.check() {self.check}",
+            *(
+                [
+                    f"  collections  {self.gc['num_gc']:>12,} ({self.gc['num_forced_gc']} forced), "
+                    f"pauses {self.gc['pause_total_ns'] / 1e6:,.1f} ms in all, longest "
+                    f"{self.gc['pause_max_ns'] / 1e6:,.1f} ms"
+                ]
+                if self.gc is not None
+                else []
+            ),
             f"  corruptions  {len(self.corruptions)}",
         ]
         for c in self.corruptions[:10]:
@@ -468,9 +500,9 @@ def _design_of(heap: Heap | DesignHeap) -> str:
     return "go" if isinstance(heap, Heap) else heap.name
 
 
-def _open_heap(design: str) -> Heap | DesignHeap:
-    """A new heap of ``design`` (a name of DESIGN_NAMES)."""
-    return Heap() if design == "go" else make(design)
+def _open_heap(design: str, gc: bool = False) -> Heap | DesignHeap:
+    """A new heap of ``design`` (a name of DESIGN_NAMES), collected if ``gc``."""
+    return Heap(gc=gc) if design == "go" else make(design)
 
 
 def _memory(heap: Heap | DesignHeap) -> tuple[int, int] | None:
@@ -627,6 +659,149 @@ def _worker(run: _Run, index: int) -> None:
         run.report.corruptions.extend(corruptions)
 
 
+_DIR_SLOTS: Final = 511
+"""Object slots per directory block of --gc (a 4 KiB scan object; word 0 links the next)."""
+
+
+def _gc_worker(run: _Run, index: int, root_word: int) -> None:
+    """_worker for a collected heap (see the module docstring: --gc)."""
+    cfg, handoff, totals = run.cfg, run.handoff, run.totals
+    heap = run.heap
+    assert isinstance(heap, Heap)
+    name = f"w{index}"
+    rng = random.Random(cfg.seed * 1000 + index)
+    next_size = _size_source(cfg, rng, run.class_sizes) if cfg.distribution != "replay" else None
+    word = ctypes.c_uint64.from_address
+    blocks: list[int] = []  # the directory chain, also linked in memory from root_word
+    slots: list[tuple[int, int, int] | None] = []
+    free_slots: list[int] = []
+    live: list[int] = []  # occupied slots
+    counts = [0] * 6
+    seq = index << 40
+    ops = steps = 0
+    corruptions: list[Corruption] = []
+
+    def where(i: int) -> int:
+        return blocks[i // _DIR_SLOTS] + 8 * (1 + i % _DIR_SLOTS)
+
+    def place(item: tuple[int, int, int]) -> None:
+        """Link ``item`` into a directory slot (a new block, pinned until linked, if full)."""
+        if not free_slots:
+            with heap.pinner() as p:
+                block = p.malloc(8 * (_DIR_SLOTS + 1), scan=True)
+                word(blocks[-1] if blocks else root_word).value = block
+            blocks.append(block)
+            free_slots.extend(range(len(slots) + _DIR_SLOTS - 1, len(slots) - 1, -1))
+            slots.extend([None] * _DIR_SLOTS)
+        i = free_slots.pop()
+        slots[i] = item
+        word(where(i)).value = item[0]
+        live.append(i)
+
+    def unlink(i: int) -> tuple[int, int, int]:
+        item = slots[i]
+        assert item is not None
+        word(where(i)).value = 0
+        slots[i] = None
+        free_slots.append(i)
+        return item
+
+    def verify(item: tuple[int, int, int], when: str, thread: str = name) -> None:
+        counts[3] += 1
+        if (bad := _inspect(*item, when, thread)) is not None:
+            corruptions.append(bad)
+
+    while True:
+        if steps & 63 == 0 and (
+            run.abort.is_set() or (cfg.ops is None and time.monotonic() >= run.deadline)
+        ):
+            break
+        if cfg.ops is not None and ops >= cfg.ops:
+            break
+        steps += 1
+        try:
+            taken = handoff.get_nowait()
+        except queue.Empty:
+            taken = None
+        if taken is None and live and (len(live) >= cfg.live or rng.random() < 0.45):
+            i = live.pop(rng.randrange(len(live)))
+            item = slots[i]
+            assert item is not None
+            verify(item, "free")
+            r = rng.random()
+            if r < cfg.cross_free:
+                heap.pin(item[0])  # pinned while it is only in the queue
+                unlink(i)
+                handoff.put((*item, name))
+                continue  # not an operation: the taker's drop is
+            unlink(i)
+            if r < cfg.cross_free + 0.2:
+                heap.free(item[0])  # explicit free keeps working
+            counts[1] += 1
+        elif taken is not None:
+            addr, size, s, owner = taken
+            verify((addr, size, s), "free", owner)
+            if rng.random() < 0.5 and len(live) < cfg.live:
+                place((addr, size, s))  # adopted: linked here before it is unpinned
+            heap.unpin(addr)
+            counts[1] += 1
+            counts[2] += 1
+        else:
+            if cfg.sizes:
+                size, scan = cfg.sizes[(seq + index) % len(cfg.sizes)]
+            else:
+                assert next_size is not None
+                size, scan = next_size(), rng.random() < cfg.scan_ratio
+            seq += 1
+            try:
+                with heap.pinner() as p:
+                    addr = p.malloc(size, scan=scan, zero=False)
+                    ctypes.memmove(addr, _pattern(addr, seq, size), size)
+                    place((addr, size, seq))
+            except OutOfMemoryError:
+                counts[5] += 1
+            else:
+                counts[0] += 1
+                counts[4] += size
+                if rng.random() < cfg.verify_rate:
+                    item = slots[live[rng.randrange(len(live))]]
+                    assert item is not None
+                    verify(item, "verify")
+        ops += 1
+        if ops & 15 == 0:
+            totals.ops += 16
+    for i in live:
+        verify(unlink(i), "final")
+        counts[1] += 1
+    word(root_word).value = 0  # the directories go too
+    with totals.lock:
+        totals.ops += ops & 15
+        totals.report_counts = [a + b for a, b in zip(totals.report_counts, counts, strict=True)]
+        run.report.corruptions.extend(corruptions)
+
+
+def _final_collection(heap: Heap, roots: int, report: StressReport) -> None:
+    """--gc: everything was dropped; one cycle must leave the heap empty."""
+    try:
+        heap.collect()
+        heap.remove_root(roots)
+    except RealAllocError as exc:
+        report.errors.append(f"final collection: {type(exc).__name__}: {exc}")
+        return
+    st = heap.stats()
+    if st.heap_objects:
+        report.errors.append(
+            f"final collection: {st.heap_objects} objects ({st.heap_alloc} bytes) left "
+            "although nothing reaches them"
+        )
+    report.gc = {
+        "num_gc": st.num_gc,
+        "num_forced_gc": st.num_forced_gc,
+        "pause_total_ns": st.pause_total_ns,
+        "pause_max_ns": max(st.pause_ns),
+    }
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
@@ -732,9 +907,11 @@ def run_stress(
         raise InvalidArgumentError(
             f"the heap is of the {_design_of(heap)} design, the configuration says {cfg.design}"
         )
+    if heap is not None and cfg.gc and not (isinstance(heap, Heap) and heap.gc):
+        raise InvalidArgumentError("the configuration says gc, the heap has no collector")
     own = heap is None
     if heap is None:
-        heap = _open_heap(cfg.design)
+        heap = _open_heap(cfg.design, cfg.gc)
     try:
         return _run(cfg, heap, progress if cfg.progress else None)
     finally:
@@ -763,9 +940,18 @@ def _run(cfg: StressConfig, heap: Heap | DesignHeap, stream: TextIO | None) -> S
         run.sampler.add(started, 0, first, report.baseline_rss)
     errors: list[str] = []
 
+    directories = None
+    if cfg.gc:
+        assert isinstance(heap, Heap)
+        directories = (ctypes.c_uint64 * cfg.threads)()  # each worker's chain of directories
+        heap.add_root(ctypes.addressof(directories), 8 * cfg.threads)
+
     def guarded(i: int) -> None:
         try:
-            _worker(run, i)
+            if directories is None:
+                _worker(run, i)
+            else:
+                _gc_worker(run, i, ctypes.addressof(directories) + 8 * i)
         except Exception as exc:  # reported, not raised: the run goes on
             errors.append(f"worker {i}: {type(exc).__name__}: {exc}")
 
@@ -804,7 +990,11 @@ def _run(cfg: StressConfig, heap: Heap | DesignHeap, stream: TextIO | None) -> S
             break
         if (bad := _inspect(addr, size, s, "final", owner)) is not None:
             report.corruptions.append(bad)
-        heap.free(addr)
+        if directories is None:
+            heap.free(addr)
+        else:
+            assert isinstance(heap, Heap)
+            heap.unpin(addr)  # dropped: the collector frees it
         run.totals.report_counts[1] += 1
         run.totals.report_counts[2] += 1
     report.seconds = time.monotonic() - started
@@ -824,6 +1014,9 @@ def _run(cfg: StressConfig, heap: Heap | DesignHeap, stream: TextIO | None) -> S
         run.sampler.add(time.monotonic(), run.totals.ops, last, now_rss, final=True)
     report.samples = run.sampler.samples
     report.faults_injected = {op: fault_hits(op) - hits_before[op] for op in _FAULT_OPS}
+    if directories is not None:
+        assert isinstance(heap, Heap)
+        _final_collection(heap, ctypes.addressof(directories), report)
     if isinstance(heap, Heap):
         try:
             heap.scavenge()
@@ -915,7 +1108,7 @@ def stress_main(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        heap = _open_heap(cfg.design)
+        heap = _open_heap(cfg.design, cfg.gc)
     except OutOfMemoryError as exc:  # e.g. too many heaps open in this process
         print(f"realalloc stress: could not run: cannot create a heap: {exc}", file=err)
         return EXIT_NOT_RUN
@@ -1126,6 +1319,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the heap: go (realalloc.Heap, the default) or one of the seed's designs; "
         "a design ignores --scan-ratio and takes no --memory-limit",
     )
+    parser.add_argument(
+        "--gc",
+        action="store_true",
+        help="a collected heap (Heap(gc=True), go design only): objects linked through scan "
+        "objects and dropped for the collector instead of freed",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
         "--progress-every",
@@ -1158,6 +1357,7 @@ def config_from_args(args: argparse.Namespace) -> StressConfig:
         progress=not args.quiet,
         progress_every=args.progress_every,
         design=args.design,
+        gc=args.gc,
     )
     cfg.check()
     return cfg

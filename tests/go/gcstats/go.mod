@@ -1,0 +1,3 @@
+module realalloc.test/gcstats
+
+go 1.19
