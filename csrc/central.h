@@ -86,10 +86,7 @@ static inline int ra_refill(ra_heap *h, ra_mcache *c, uint32_t spc) {
     if (s != h->empty_span) {
         if (RA_LOAD(&s->nfreed)) ra_sweep(s);
         else ra_rewind(s); /* local frees behind the scan point */
-        if (s->alloc_count < s->nelems) {
-            s->needzero = 1; /* the free slots held objects */
-            return RA_OK;
-        }
+        if (s->alloc_count < s->nelems) return RA_OK; /* needzero: set by the frees */
         c->alloc[spc] = h->empty_span; /* never keep a span the cache no longer owns */
         ra_lock_take(&ce->lock);
         ra_uncache(h, ce, s);

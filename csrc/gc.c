@@ -304,15 +304,10 @@ static PyObject *gc_cycle(PyObject *mod, PyObject *args) {
     gc_work g = {.h = self->h, .lo = (uintptr_t)lo, .hi = (uintptr_t)hi};
     uint64_t t0 = gc_now(), freed = 0, swept = 0, spans = 0;
     /* Sweep termination: every span back from the thread caches (and the
-     * tiny blocks retired), so each one sits on its central's lists.  A cached
-     * span's free slots may hold old data (its owner frees with plain stores
-     * and zeroes only on its own rewind): needzero, or a zeroed malloc from
-     * another cache would hand out stale words, pointers that resurrect. */
-    for (ra_mcache *c = g.h->caches; c; c = c->next) {
-        for (uint32_t spc = 0; spc < RA_NUM_SPAN_CLASSES; spc++)
-            if (c->alloc[spc] != g.h->empty_span) c->alloc[spc]->needzero = 1;
-        ra_release_cache(g.h, c, 0);
-    }
+     * tiny blocks retired), so each one sits on its central's lists.  (A
+     * local free marked its span needzero, so a zeroed malloc from another
+     * cache never hands out stale words, pointers that would resurrect.) */
+    for (ra_mcache *c = g.h->caches; c; c = c->next) ra_release_cache(g.h, c, 0);
     uint64_t t1 = gc_now();
     int rc = gc_tables(&g);
     if (rc) PyErr_NoMemory();

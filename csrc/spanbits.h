@@ -109,14 +109,15 @@ static RA_COLD int ra_free_remote(ra_heap *h, ra_span *s, uint32_t idx, ra_mcach
 }
 
 /* Free slot `idx` of `s`; `c` is the calling thread's cache or NULL.  When
- * that cache holds the span, plain stores (the slot is reused once the cache
- * rewinds, ra_refill).  RA_OK or RA_SLOW (Python says why). */
+ * that cache holds the span, plain stores and needzero (whichever cache reuses
+ * the slot, after a rewind, must clear it).  RA_OK or RA_SLOW (Python says why). */
 static inline int ra_free_slot(ra_heap *h, ra_span *s, uint32_t idx, ra_mcache *c) {
     if (!c || c->alloc[s->spanclass] != s) return ra_free_remote(h, s, idx, c);
     uint64_t bit = 1ull << (idx & 63), *ab = &ra_alloc_bits(s)[idx >> 6];
     if (!(*ab & bit) || (RA_LOAD(&ra_free_bits(s)[idx >> 6]) & bit)) return RA_SLOW;
     RA_SET(ab, *ab & ~bit);
-    s->alloc_count--; /* ra_refill sets needzero when it reuses the slot */
+    s->alloc_count--;
+    s->needzero = 1;
     c->nfree[s->spanclass >> 1]++;
     return RA_OK;
 }
