@@ -46,7 +46,8 @@ static uintptr_t ra_c_malloc(HeapBase *self, size_t size, int zero) {
     } else {
         PyObject *args[2] = {PyLong_FromSize_t(ra_c_size(size)), zero ? Py_True : Py_False};
         PyObject *r = args[0] ? call_slow(self, self->slow[SLOW_MALLOC], args, 1, kw_zero) : NULL;
-        addr = r ? PyLong_AsUnsignedLong(r) : 0;
+        addr = r ? PyLong_AsUnsignedLong(r) : 0; /* untraced: _malloc_slow's own malloc traced it */
+        if (addr && tracing) PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, addr);
         Py_XDECREF(args[0]), Py_XDECREF(r);
     }
     self->held += addr != 0;

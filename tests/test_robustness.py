@@ -224,6 +224,15 @@ def every_method_refuses(heap: Heap, addr: int, buf: realalloc.Buffer, allocator
         "check": heap.check,
         "cffi_allocator": lambda: heap.cffi_allocator(cffi.FFI()),
         "map_png": lambda: heap.map_png(png),
+        # the collector's methods: HeapClosedError before "this heap has no collector"
+        "collect": heap.collect,
+        "set_gc_percent": lambda: heap.set_gc_percent(100),
+        "add_root": lambda: heap.add_root(addr, 8),
+        "remove_root": lambda: heap.remove_root(addr),
+        "pin": lambda: heap.pin(addr),
+        "unpin": lambda: heap.unpin(addr),
+        "pinner": heap.pinner,
+        "set_finalizer": lambda: heap.set_finalizer(addr, print),
     }
     assert set(calls) == public_methods() - {"close"}, "a public method is not covered here"
     calls["cffi allocator made before close"] = lambda: allocator("char[]", 64)

@@ -389,6 +389,8 @@ class Heap(_fast.HeapBase):
         return self._gc is not None
 
     def _collector(self, op: str) -> Collector:
+        if self.closed:  # as every method of a closed heap, collected or not
+            raise HeapClosedError(f"{op}: the heap is closed")
         gc = self._gc
         if gc is None:
             raise GCError(f"{op}: this heap has no garbage collector (make it with Heap(gc=True))")
