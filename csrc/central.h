@@ -53,10 +53,10 @@ static inline void ra_drain(ra_central *ce, uint32_t spc) {
     }
 }
 
-/* Give empty spans beyond `keep` back to the page heap, newest first. */
-static inline void ra_trim(ra_heap *h, ra_central *ce, uint32_t keep) {
+/* Give empty spans back to the page heap, newest first, until <= keep spans of <= pages are left. */
+static inline void ra_trim(ra_heap *h, ra_central *ce, uint32_t keep, uint64_t pages) {
     ra_span *s = ce->tail[RA_LIST_EMPTY];
-    while (s && ce->count[RA_LIST_EMPTY] > keep) {
+    while (s && (ce->count[RA_LIST_EMPTY] > keep || ce->empty_pages > pages)) {
         ra_span *after = s->prev;
         if (!__atomic_load_n(&s->in_dirty, __ATOMIC_SEQ_CST)) {
             ra_list_remove(ce, s);
@@ -75,7 +75,7 @@ static inline void ra_uncache(ra_heap *h, ra_central *ce, ra_span *s) {
     __atomic_store_n(&s->cached, 0, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&s->nfreed, __ATOMIC_SEQ_CST)) ra_sweep(s);
     ra_file(ce, s);
-    ra_trim(h, ce, ce->empty_max);
+    ra_trim(h, ce, ce->empty_max, ce->empty_max_pages);
 }
 
 /* Give the cache a span of class `spc` with a free slot, keeping its own if
@@ -148,8 +148,8 @@ static inline void ra_release_cache(ra_heap *h, ra_mcache *c, int for_good) {
 }
 
 /* Free the large object at `addr` (Go: a large span back to the heap).  Its
- * central (class 0 or 1) keeps up to empty_max freed large spans on its
- * empty list, for a malloc of the same page count (ra_large_reuse). */
+ * central (class 0 or 1) keeps up to empty_max freed large spans, of up to
+ * empty_max_pages pages, for a malloc of the same page count (ra_large_reuse). */
 static inline int ra_free_large(ra_heap *h, uintptr_t addr) {
     ra_span *s = ra_span_at(h, addr);
     uint32_t spc = s ? s->spanclass : 2;
@@ -160,10 +160,11 @@ static inline int ra_free_large(ra_heap *h, uintptr_t addr) {
     int ok = s->state == RA_SPAN_IN_USE && s->base == addr && s->spanclass == spc && s->alloc_count;
     if (ok) ra_large_object(h, s, 0);
     ra_lock_drop(&h->pages.lock);
-    if (ok) { /* room first (another kept span goes back), so this one stays if any may */
-        ra_trim(h, ce, ce->empty_max - (ce->empty_max > 0));
+    if (ok) { /* room first (other kept spans go back), so this one stays if it may */
+        uint64_t cap = ce->empty_max_pages, room = cap >= s->npages ? cap - s->npages : cap;
+        ra_trim(h, ce, ce->empty_max - (ce->empty_max > 0), room);
         ra_file(ce, s);
-        ra_trim(h, ce, ce->empty_max);
+        ra_trim(h, ce, ce->empty_max, cap);
     }
     ra_lock_drop(&ce->lock);
     return ok ? RA_OK : RA_SLOW;

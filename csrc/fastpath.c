@@ -143,7 +143,7 @@ static RA_COLD uintptr_t refill_and_malloc(HeapBase *self, ra_mcache *c, size_t 
     ra_heap *h = self->h;
     uint32_t spc = ra_class_for(size, noscan);
     tracing = PyTraceMalloc_Untrack(RA_TRACEMALLOC_DOMAIN, 0) != -2; /* -2: not tracing */
-    for (int tries = 0; tries < 4; tries++) {
+    for (int tries = 0; tries < 16; tries++) { /* threads may take a batch, or a GC its room, first */
         if (ra_refill(h, c, spc) == RA_NEED_SPANS) {
             PyObject *arg = PyLong_FromUnsignedLong(spc);
             PyObject *r = arg ? call_slow(self, self->slow[SLOW_GROW], &arg, 1, NULL) : NULL;
@@ -414,9 +414,8 @@ static PyObject *heap_start_world(HeapBase *self, PyObject *unused) {
  * closed (its Buffers then count as freed). */
 static PyObject *heap_close_buffers(HeapBase *self, PyObject *unused) {
     if (self->exports || self->held)
-        return PyErr_Format(PyExc_BufferError, "cannot close the heap: %zd exported view(s) "
-                            "of its Buffers and %zd numpy array(s) still use its memory",
-                            self->exports, self->held);
+        return PyErr_Format(PyExc_BufferError, "cannot close the heap: %zd exported view(s) of its"
+                            " Buffers and %zd numpy array(s) still use its memory", self->exports, self->held);
     self->h->stopped |= RA_CLOSED;
     Py_RETURN_NONE;
 }

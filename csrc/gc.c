@@ -191,7 +191,7 @@ static uint64_t gc_sweep_class(gc_work *g, uint32_t spc, uint64_t *swept) {
         ra_file(ce, s);
         (*swept)++;
     }
-    ra_trim(h, ce, ce->empty_max);
+    ra_trim(h, ce, ce->empty_max, ce->empty_max_pages);
     ra_lock_drop(&ce->lock);
     __atomic_add_fetch(&h->counts.nfree[spc >> 1], nfree, __ATOMIC_RELAXED);
     __atomic_add_fetch(&h->counts.tiny_frees, pieces, __ATOMIC_RELAXED);

@@ -285,7 +285,7 @@ void ra_central_reclaim(ra_heap *h, uint32_t spc) {
     ra_central *ce = &h->central[spc];
     ra_lock_take(&ce->lock);
     ra_drain(ce, spc);
-    ra_trim(h, ce, 0);
+    ra_trim(h, ce, 0, 0);
     ra_lock_drop(&ce->lock);
 }
 

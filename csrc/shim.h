@@ -155,7 +155,7 @@ typedef struct ra_heap_arena {
 /* Spans of one span class that no thread cache owns (Go: mcentral). */
 typedef struct ra_central {
     ra_lock lock;
-    uint32_t empty_max;     /* Python: empty spans kept; more go back to the page heap */
+    uint32_t empty_max, empty_max_pages; /* Python: empty spans, and pages of them, kept */
     ra_span *list[4];       /* by RA_LIST_*, each a queue, oldest first (as Go's spanSet:
                                a span gathers frees while it waits): PARTIAL spans with a
                                free slot, FULL ones without, EMPTY ones with no object

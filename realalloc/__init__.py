@@ -122,9 +122,9 @@ takes plain stores; any other span one atomic bit in ``free_bits`` and, on
 its first pending free, a push on its class's dirty stack.  A span left
 with no object goes to its class's empty list; beyond the class's budget C
 returns it to the page heap, whose free pages coalesce and can be released
-to the OS (RSS drops).  A freed large object's span waits on the empty list
-of class 0 or 1 (a few per class) for a malloc of the same page count;
-beyond that, or at the next reclaim, its pages go back.
+to the OS (RSS drops).  A freed large object's span waits on the empty
+list of class 0 or 1 (up to 64 spans, 8 MiB, per class) for a malloc of
+the same page count; beyond that, or at the next reclaim, its pages go back.
 
 Around the allocator
 ====================

@@ -172,8 +172,11 @@ def test_pinner_malloc_on_eight_threads(heap: realalloc.Heap) -> None:
                         chain[nxt] = d
                         node = nxt
                     roots[t] = head  # the new chain replaces the old one
-                for _ in range(6):
-                    heap.malloc(4096, scan=True)  # garbage at once: never linked
+                # Garbage at once (never linked): ~0.8 MiB per thread between forced
+                # cycles, more than the room they leave, so refills need fresh spans
+                # and the pacer (which looks there) runs cycles too.
+                for _ in range(24):
+                    heap.malloc(4096, scan=True)
                 mine = chain
                 if r % 15 == 14:
                     heap.collect()

@@ -9,7 +9,7 @@ import ctypes
 import pytest
 
 import realalloc
-from realalloc.core.central import LARGE_KEPT
+from realalloc.core.central import LARGE_KEPT, LARGE_KEPT_BYTES
 from realalloc.core.sizeclasses import PAGE_SIZE
 
 
@@ -51,7 +51,9 @@ def test_scan_and_noscan_spans_are_kept_apart() -> None:
 
 def test_each_class_keeps_at_most_its_budget_and_stats_count_them_idle() -> None:
     with realalloc.Heap(background_scavenger=False) as heap:
-        objs = [heap.malloc((5 + i) * PAGE_SIZE) for i in range(3 * LARGE_KEPT)]
+        # 5-12 pages each: LARGE_KEPT of them fit the memory bound, so the count binds.
+        objs = [heap.malloc((5 + i % 8) * PAGE_SIZE) for i in range(3 * LARGE_KEPT)]
+        assert LARGE_KEPT * 12 * PAGE_SIZE <= LARGE_KEPT_BYTES
         inuse = heap.stats().heap_inuse
         for addr in objs:
             heap.free(addr)
@@ -64,6 +66,27 @@ def test_each_class_keeps_at_most_its_budget_and_stats_count_them_idle() -> None
         heap.check()
         heap.reclaim()
         assert not kept(heap)
+        heap.check()
+
+
+def test_the_memory_bound_keeps_few_big_spans_and_never_one_beyond_it() -> None:
+    bound = LARGE_KEPT_BYTES // PAGE_SIZE
+    with realalloc.Heap(background_scavenger=False) as heap:
+        big = bound // 3 - 1  # three fit, a fourth does not
+        objs = [heap.malloc(big * PAGE_SIZE) for _ in range(10)]
+        for addr in objs:
+            heap.free(addr)
+        spans = kept(heap)
+        assert len(spans) == 3 and sum(s.npages for s in spans) <= bound
+        assert objs[-1] in {s.base for s in spans}  # room made by the older ones
+        # One larger than the bound is not kept, and the kept ones stay.
+        huge = heap.malloc((bound + 1) * PAGE_SIZE)
+        heap.free(huge)
+        assert {s.base for s in kept(heap)} == {s.base for s in spans}
+        assert heap.span_of(huge) is None
+        # A kept one serves its page count again, in C.
+        before = heap.python_mallocs
+        assert heap.malloc(big * PAGE_SIZE) == objs[-1] and heap.python_mallocs == before
         heap.check()
 
 

@@ -16,11 +16,17 @@ cache flush moves them in C without Python.  Python owns the policy:
   before C gives the rest back to the page heap: one batch.  So a class
   whose spans hold one object does not ping-pong pages with the page heap.
 
-* **kept large spans** (``LARGE_KEPT``): the two large-object classes (0
-  and 1) use their empty list for freed large objects' spans, up to this
-  many each, oldest given back first: a malloc of the same page count takes
+* **kept large spans** (``LARGE_KEPT``, ``LARGE_KEPT_BYTES``): the two
+  large-object classes (0 and 1) use their empty list for freed large
+  objects' spans, up to this many spans and this much memory each (C's
+  ``empty_max`` and ``empty_max_pages``), the newest given back first but
+  the one just freed kept if it fits: a malloc of the same page count takes
   one in C, without Python (tcmalloc and glibc reuse freed large blocks the
-  same way; Go gives the pages back and searches again).
+  same way; Go gives the pages back and searches again).  The count serves
+  programs that cycle through many sizes of a few pages (mimalloc-bench's
+  mstress: 64 spans of 5-16 pages are ~5 MiB); the memory bound keeps big
+  objects from piling up (the background scavenger gives every kept span
+  back within 0.1 s anyway).  Small classes have no page bound.
 
 ``reclaim`` sweeps every dirty stack and gives back every empty span and
 every kept large span (``Heap.scavenge``, the background scavenger,
@@ -45,11 +51,13 @@ from ..errors import HeapCorruption
 from .osmem import ffi, lib
 from .sizeclasses import CLASS_TO_NPAGES, NUM_SPAN_CLASSES, PAGE_SIZE
 
-__all__ = ["LARGE_KEPT", "CentralPolicy", "reclaim"]
+__all__ = ["LARGE_KEPT", "LARGE_KEPT_BYTES", "CentralPolicy", "reclaim"]
 
 FIRST_BATCH_BYTES: Final = 64 << 10
 MAX_BATCH_BYTES: Final = 1 << 20
-LARGE_KEPT: Final = 16
+LARGE_KEPT: Final = 64
+LARGE_KEPT_BYTES: Final = 8 << 20
+NO_PAGE_BOUND: Final = (1 << 32) - 1  # empty_max_pages of a small class
 
 _LISTS: Final = (
     ("partial", lib.RA_LIST_PARTIAL),
@@ -70,8 +78,10 @@ class CentralPolicy:
         for spc in range(2, NUM_SPAN_CLASSES):
             self.batch[spc] = max(1, FIRST_BATCH_BYTES // self._span_bytes(spc))
             h.central[spc].empty_max = self.batch[spc]
+            h.central[spc].empty_max_pages = NO_PAGE_BOUND
         for spc in (0, 1):
             h.central[spc].empty_max = LARGE_KEPT
+            h.central[spc].empty_max_pages = LARGE_KEPT_BYTES // PAGE_SIZE
 
     @staticmethod
     def _span_bytes(spc: int) -> int:
