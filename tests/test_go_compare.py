@@ -191,15 +191,15 @@ def replay(seq: Sequence) -> tuple[realalloc.MemStats, realalloc.MemStats]:
 # --- fixtures ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def memstats_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """tests/go/memstats built with the local Go toolchain (skips if there is none)."""
+def go_build(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go program in ``source`` built with the local Go toolchain (skips
+    the calling test if there is none); the binary is named after the folder."""
     go, _version = find_go()
-    tmp = tmp_path_factory.mktemp("go")
-    binary = tmp / "memstats"
+    tmp = tmp_path_factory.mktemp(f"go-{source.name}")
+    binary = tmp / source.name
     proc = subprocess.run(
         [go, "build", "-o", str(binary), "."],
-        cwd=GO_SOURCE,
+        cwd=source,
         env=go_env(tmp),
         capture_output=True,
         text=True,
@@ -207,7 +207,13 @@ def memstats_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         check=False,
     )
     assert proc.returncode == 0, f"go build failed:\n{proc.stderr}"
-    yield binary
+    return binary
+
+
+@pytest.fixture(scope="session")
+def memstats_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """tests/go/memstats built with the local Go toolchain (skips if there is none)."""
+    yield go_build(GO_SOURCE, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ from typing import Any
 
 import pytest
 from gc_support import WORD, Roots, store
-from test_go_compare import GO_BY_SIZE, find_go, go_env
+from test_go_compare import GO_BY_SIZE, go_build
 
 import realalloc
 from realalloc.core.sizeclasses import CLASS_TO_SIZE
@@ -135,20 +135,7 @@ class Workload:
 
 @pytest.fixture(scope="module")
 def gcstats_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    go, _version = find_go()
-    tmp = tmp_path_factory.mktemp("go-gc")
-    binary = tmp / "gcstats"
-    proc = subprocess.run(
-        [go, "build", "-o", str(binary), "."],
-        cwd=GO_SOURCE,
-        env=go_env(tmp),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, f"go build failed:\n{proc.stderr}"
-    yield binary
+    yield go_build(GO_SOURCE, tmp_path_factory)
 
 
 def run_go(binary: Path, rounds: int, seed: int, *, stop_the_world: bool = False) -> Any:

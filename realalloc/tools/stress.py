@@ -568,6 +568,23 @@ class _Run:
     sampler: _Sampler = field(default_factory=lambda: _Sampler(time.monotonic()))
     """The monitor's samples, timed from when the workers start."""
 
+    def finished(self, steps: int, ops: int) -> bool:
+        """Whether a worker stops before its next step: interrupted or out of
+        time (the clock is read every 64 steps), or out of operations."""
+        cfg = self.cfg
+        if steps & 63 == 0 and (
+            self.abort.is_set() or (cfg.ops is None and time.monotonic() >= self.deadline)
+        ):
+            return True
+        return cfg.ops is not None and ops >= cfg.ops
+
+    def take(self) -> tuple[int, int, int, str] | None:
+        """An object another worker passed for this one to free, or None."""
+        try:
+            return self.handoff.get_nowait()
+        except queue.Empty:
+            return None
+
 
 def _inspect(addr: int, size: int, seq: int, when: str, thread: str) -> Corruption | None:
     """The corruption found in the object at ``addr``, or None if it holds its pattern."""
@@ -605,18 +622,9 @@ def _worker(run: _Run, index: int) -> None:
         free(addr)
         counts[1] += 1
 
-    while True:
-        if steps & 63 == 0 and (
-            run.abort.is_set() or (cfg.ops is None and time.monotonic() >= run.deadline)
-        ):
-            break
-        if cfg.ops is not None and ops >= cfg.ops:
-            break
+    while not run.finished(steps, ops):
         steps += 1
-        try:
-            taken = handoff.get_nowait()
-        except queue.Empty:
-            taken = None
+        taken = run.take()
         if taken is None and live and (len(live) >= cfg.live or rng.random() < 0.45):
             item = live.pop(rng.randrange(len(live)))
             if rng.random() < cfg.cross_free:
@@ -711,18 +719,9 @@ def _gc_worker(run: _Run, index: int, root_word: int) -> None:
         if (bad := _inspect(*item, when, thread)) is not None:
             corruptions.append(bad)
 
-    while True:
-        if steps & 63 == 0 and (
-            run.abort.is_set() or (cfg.ops is None and time.monotonic() >= run.deadline)
-        ):
-            break
-        if cfg.ops is not None and ops >= cfg.ops:
-            break
+    while not run.finished(steps, ops):
         steps += 1
-        try:
-            taken = handoff.get_nowait()
-        except queue.Empty:
-            taken = None
+        taken = run.take()
         if taken is None and live and (len(live) >= cfg.live or rng.random() < 0.45):
             i = live.pop(rng.randrange(len(live)))
             item = slots[i]
