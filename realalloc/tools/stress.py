@@ -63,24 +63,9 @@ carriage return twice a second; anywhere else (a pipe, a CI log) it is an
 ordinary line every ``--progress-every`` seconds (default 5).  ``--quiet``:
 none.
 
-Exit codes (the same table is in ``--help``)::
-
-    0  ok: at least one malloc succeeded, every object held its pattern,
-       heap.check() passed
-    1  failed: an object's bytes differed from its pattern, heap.check()
-       raised, or a worker raised an unexpected exception
-    2  bad usage: an option out of range or malformed, --distribution
-       with --replay, an unreadable or malformed replay file, a --json
-       or --plot path that cannot be written, --plot without matplotlib,
-       an unknown --design, --memory-limit with a design other than go;
-       nothing was run
-    3  could not run: no malloc succeeded (e.g. --fault-every 1 or a
-       tiny --memory-limit), the heap could not be created, or the JSON
-       report or the plot could not be written after the run
-    1 wins over 3.  Some but not all mallocs failing with MemoryError is
-    not a failure: refusing memory cleanly is correct behaviour under
-    injected faults or a memory limit; the failures are counted in the
-    report and the run is judged on what did succeed.
+Exit codes: 0 ok, 1 failed (corruption, check() or a worker's exception),
+2 bad usage (nothing was run), 3 could not run; the full table, with what
+falls under each, is ``EXIT_CODES`` below, which ``--help`` prints.
 
 Locking: workers share only the hand-off queue (thread-safe) and the
 counters in ``_Totals`` (under its lock, merged once per worker).  The
@@ -154,7 +139,7 @@ exit codes:
   not a failure: refusing memory cleanly is correct behaviour under
   injected faults or a memory limit; the failures are counted in the
   report and the run is judged on what did succeed."""
-"""The exit-code table of ``--help`` (the module docstring repeats it)."""
+"""The exit-code table, printed by ``--help``."""
 
 DISTRIBUTIONS: Final = ("uniform", "lognormal", "large", "replay")
 DESIGN_NAMES: Final = ("go", *DESIGNS)
