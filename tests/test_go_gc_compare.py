@@ -25,7 +25,8 @@ must agree:
   heap to the goal, realalloc at the goal itself (as the design asks).
   The test holds realalloc to at most Go's count and at least 0.75 of it.
 * and, looser, against Go's default concurrent collector: realalloc runs
-  at least as many cycles and at most 1.8 times as many.  Go marks
+  at least as many cycles (no upper bound: Go's count falls further as the
+  machine gets busier, 11 in a loaded CI run against realalloc's 20).  Go marks
   concurrently: it starts at 0.7-0.95 of the way to the goal and every
   object allocated until the mark ends is allocated black and counted as
   marked (gcmarknewobject adds it to bytesMarked), so its heapMarked is
@@ -57,7 +58,6 @@ GO_SOURCE = Path(__file__).resolve().parent / "go" / "gcstats"
 M64 = (1 << 64) - 1
 ROUNDS = 4000
 NUM_GC_UNDER_STW_GO = 0.75  # see the module docstring
-NUM_GC_OVER_CONCURRENT_GO = 1.8
 
 
 class Workload:
@@ -176,4 +176,4 @@ def test_same_live_heap_and_cycles_as_go(gcstats_binary: Path, seed: int) -> Non
     stw_auto = stw["num_gc"] - stw["num_forced_gc"]
     assert NUM_GC_UNDER_STW_GO * stw_auto <= auto <= stw_auto, (auto, stw_auto)
     go_auto = go["num_gc"] - go["num_forced_gc"]
-    assert go_auto <= auto <= NUM_GC_OVER_CONCURRENT_GO * go_auto, (auto, go_auto)
+    assert go_auto <= auto, (auto, go_auto)

@@ -1308,3 +1308,30 @@ def test_max_heaps_open_at_once() -> None:
         "one_more": "OutOfMemoryError",
         "default_heap_then": "OutOfMemoryError",
     }
+
+
+def test_fragmented_free_pages_do_not_hide_a_growth_from_the_limit() -> None:
+    """Regression: admission judged whether the heap must grow by the count
+    of free pages; free pages in pieces cannot hold a larger request, so
+    first fit grew the heap by an arena whose metadata the limit never saw
+    (seen as a 64 KiB overshoot under 8 threads)."""
+    from realalloc.core.arena import ARENA_META_BYTES
+
+    with Heap(background_scavenger=False) as heap:
+        objs = [heap.malloc(1 << 20) for _ in range(60)]
+        for addr in objs[::2]:
+            heap.free(addr)  # 30 MiB free, in 1 MiB pieces
+        heap.reclaim()  # kept spans back to the page heap: the pieces are free pages
+        request = 6 << 20  # more than any piece, and than the arena's free tail
+        limit = retained(heap) + request + ARENA_META_BYTES // 2
+        heap.set_memory_limit(limit)
+        try:
+            big = heap.malloc(request)
+        except realalloc.OutOfMemoryError:
+            big = 0
+        assert retained(heap) <= limit, f"{retained(heap) - limit} bytes over the limit"
+        assert len(heap.mheap.arenas) == 2 or not big  # the request did need a growth
+        heap.set_memory_limit(None)
+        for addr in [*objs[1::2], *([big] if big else [])]:
+            heap.free(addr)
+        heap.check()

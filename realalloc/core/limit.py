@@ -14,7 +14,9 @@ changes (the pages it released stay released).
 
 What a request may add is counted exactly: its pages, one slab of span
 records if the pool has too few free ones, and the metadata of the arenas
-the heap must grow by if the free pages cannot hold it.  An arena page map
+the heap must grow by if no run of free pages can hold it (free pages in
+pieces do not help: first fit grows the heap, so the test is a fit, not a
+count).  An arena page map
 that scavenge released counts as resident all along (MHeap.retained_locked):
 a span installed in that arena brings it back without asking.
 
@@ -47,15 +49,17 @@ def admit_locked(mheap: MHeap, npages: int, pool: int, nrecords: int, what: str)
     assert_lock_held(mheap.lock)
     p = mheap.h.pools[pool]
     records = int(p.slab_bytes) if p.nfree < nrecords else 0
-    short = npages - mheap.pages.npages_free
-    arenas = -(-short // PAGES_PER_ARENA) * ARENA_META_BYTES if short > 0 else 0
+    arenas = _growth_bytes(mheap, npages)
     need = npages * PAGE_SIZE + records + arenas
     over = mheap.retained_locked() + need - limit
     if over > 0:
         # Spans kept for reuse (empty ones, freed large ones) first: then
-        # their pages are free and can be released with the rest.
+        # their pages are free and can be released with the rest (and may
+        # make the run that spares a growth).
         reclaim(mheap.h)
         mheap.pages.scavenge(over)
+        arenas = _growth_bytes(mheap, npages)
+        need = npages * PAGE_SIZE + records + arenas
         over = mheap.retained_locked() + need - limit
     if over > 0:
         extra = [f"{records} bytes of span records"] if records else []
@@ -66,3 +70,13 @@ def admit_locked(mheap: MHeap, npages: int, pool: int, nrecords: int, what: str)
             f"{mheap.retained_locked() + need} bytes and exceed the memory limit of {limit} "
             "bytes, with every free page already released"
         )
+
+
+def _growth_bytes(mheap: MHeap, npages: int) -> int:
+    """Arena metadata that taking ``npages`` pages would add: none if a run
+    of that many free pages exists (MHeap then takes it), else that of
+    enough new arenas to hold them all (an upper bound: growth may use the
+    free tail of the last arena)."""
+    if mheap.pages.find(npages)[0]:
+        return 0
+    return -(-npages // PAGES_PER_ARENA) * ARENA_META_BYTES
