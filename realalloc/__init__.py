@@ -178,6 +178,7 @@ from .errors import (
     RealAllocError,
     ReentrancyError,
     ShimError,
+    UnsupportedError,
 )
 from .integrations.tracing import TRACEMALLOC_DOMAIN
 
@@ -253,6 +254,7 @@ __all__ = [
     "SizeClassStats",
     "SpanInfo",
     "SpanState",
+    "UnsupportedError",
     "__version__",
     "alloc",
     "default_heap",

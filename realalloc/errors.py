@@ -21,6 +21,8 @@ both work::
     │                                           no collector, or the object's collector state
     │                                           forbids it (free of a pinned object)
     ├── HeapCorruption           (AssertionError) an invariant does not hold
+    ├── UnsupportedError         (RuntimeError) not supported on this interpreter (numpy's
+    │                                           handler on a free-threaded Python)
     └── OutOfMemoryError         (MemoryError)  the request cannot be satisfied
         └── ShimError            (OSError)      the OS refused a memory operation
 
@@ -48,6 +50,7 @@ __all__ = [
     "RealAllocError",
     "ReentrancyError",
     "ShimError",
+    "UnsupportedError",
     "require_int",
 ]
 
@@ -100,6 +103,11 @@ class GCError(RealAllocError, RuntimeError):
     heap made without one (``Heap(gc=False)``), or a call the object's
     collector state forbids (``free`` of a pinned object, or of one whose
     finalizer is queued).  Nothing changed."""
+
+
+class UnsupportedError(RealAllocError, RuntimeError):
+    """What was asked is not supported on this interpreter (realalloc's numpy
+    handler on a free-threaded, GIL-disabled Python).  Nothing changed."""
 
 
 class HeapCorruption(RealAllocError, AssertionError):

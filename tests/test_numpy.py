@@ -645,8 +645,8 @@ BAD = [
     ("install", ("closed",), {}, realalloc.HeapClosedError, "the heap is closed"),
     ("using", ("closed",), {}, realalloc.HeapClosedError, "the heap is closed"),
     ("using", (realalloc.MemStats,), {}, realalloc.ArgumentTypeError, "not type"),
-    ("install", ("nogil",), {}, realalloc.ReentrancyError, "free-threaded"),
-    ("using", ("nogil",), {}, realalloc.ReentrancyError, "free-threaded"),
+    ("install", ("nogil",), {}, realalloc.UnsupportedError, "free-threaded"),
+    ("using", ("nogil",), {}, realalloc.UnsupportedError, "free-threaded"),
 ]
 
 

@@ -109,7 +109,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from .. import _fast
 from ..core.heap import Heap
-from ..errors import ArgumentTypeError, HeapClosedError, HeapCorruption, ReentrancyError
+from ..errors import ArgumentTypeError, HeapClosedError, HeapCorruption, UnsupportedError
 
 __all__ = [
     "CACHE_BYTES",
@@ -267,7 +267,7 @@ def _new_handler(heap: Heap | None, op: str) -> NumpyHandler:
         raise HeapClosedError(f"{op}: the heap is closed; numpy cannot allocate from it")
     is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
     if is_gil_enabled is not None and not is_gil_enabled():
-        raise ReentrancyError(
+        raise UnsupportedError(
             f"{op}: the interpreter runs without the GIL (free-threaded); realalloc's numpy "
             "handler relies on the GIL and is not supported there yet"
         )
