@@ -1,10 +1,13 @@
-"""Helpers shared by the tests: byte patterns over real memory, and a population
-of live objects that must come through every misuse unharmed."""
+"""Helpers shared by the tests: byte patterns over real memory, a population
+of live objects that must come through every misuse unharmed, and threads
+whose failures fail the test."""
 
 from __future__ import annotations
 
 import ctypes
 import struct
+import threading
+from collections.abc import Callable
 from itertools import pairwise
 
 import realalloc
@@ -66,3 +69,26 @@ class Population:
             self.heap.free(addr)
         self.objs.clear()
         self.heap.check()
+
+
+def run_threads(n: int, target: Callable[[int], object]) -> None:
+    """target(0) .. target(n - 1), each on a thread of its own, all started
+    before any is joined; the first exception any of them raised is raised
+    (one that is not a BrokenBarrierError, if any: a failing thread breaks
+    the barrier the others wait at, and its own error says why)."""
+    errors: list[BaseException] = []
+
+    def wrap(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    causes = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if errors:
+        raise (causes or errors)[0]

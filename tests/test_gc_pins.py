@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from gc_support import WORD, Nodes, Roots, live, load, store
-from support import addr_re, pattern
+from support import addr_re, pattern, run_threads
 
 import realalloc
 
@@ -150,7 +150,6 @@ def test_pinner_malloc_on_eight_threads(heap: realalloc.Heap) -> None:
     heap.set_gc_percent(10)  # cycles often
     nthreads, rounds = 8, 30
     roots = Roots(heap, nthreads)
-    errors: list[BaseException] = []
     done = threading.Barrier(nthreads)
 
     def worker(t: int) -> None:
@@ -183,16 +182,11 @@ def test_pinner_malloc_on_eight_threads(heap: realalloc.Heap) -> None:
                 for addr, d in mine.items():
                     assert ctypes.string_at(addr + WORD, len(d)) == d, f"{addr:#x} changed"
             done.wait()
-        except BaseException as e:
-            errors.append(e)
-            done.abort()
+        except BaseException:
+            done.abort()  # the others stop waiting for this thread
+            raise
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    run_threads(nthreads, worker)
     heap.collect()
     heap.check()
     st = heap.stats()

@@ -9,7 +9,7 @@ import random
 import threading
 
 from gc_support import WORD, Roots, live, load, store
-from support import pattern
+from support import pattern, run_threads
 
 import realalloc
 
@@ -71,7 +71,6 @@ def test_eight_threads_churn_trees_while_cycles_run() -> None:
     with realalloc.Heap(gc=True, background_scavenger=False) as heap:
         heap.set_gc_percent(25)
         roots = Roots(heap, NTHREADS)
-        errors: list[BaseException] = []
         trees: list[Tree] = []
         start = threading.Barrier(NTHREADS)
 
@@ -96,16 +95,11 @@ def test_eight_threads_churn_trees_while_cycles_run() -> None:
                         assert live(heap, load(buf.address))
                         del buf
                 tree.verify()
-            except BaseException as e:
-                errors.append(e)
-                start.abort()
+            except BaseException:
+                start.abort()  # the others stop waiting for this thread
+                raise
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(NTHREADS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors, errors
+        run_threads(NTHREADS, worker)
         st = heap.stats()
         assert st.num_gc - st.num_forced_gc >= 5, (st.num_gc, st.num_forced_gc)
         heap.collect()
@@ -125,26 +119,17 @@ def test_memory_limit_and_pacer_with_threads() -> None:
         st = heap.stats()
         heap.set_memory_limit(st.heap_sys - st.heap_released + st.metadata + (24 << 20))
         roots = Roots(heap, NTHREADS)
-        errors: list[BaseException] = []
 
         def worker(t: int) -> None:
-            try:
-                with heap.pinner() as p:
-                    keep = p.malloc(4096, scan=True)
-                    roots[t] = keep
-                    ctypes.memmove(keep + 8, pattern(keep, t, 4088), 4088)
-                for i in range(3000):
-                    heap.malloc(SIZES[i % len(SIZES)], scan=bool(i & 1))
-                assert ctypes.string_at(keep + 8, 4088) == pattern(keep, t, 4088)
-            except BaseException as e:
-                errors.append(e)
+            with heap.pinner() as p:
+                keep = p.malloc(4096, scan=True)
+                roots[t] = keep
+                ctypes.memmove(keep + 8, pattern(keep, t, 4088), 4088)
+            for i in range(3000):
+                heap.malloc(SIZES[i % len(SIZES)], scan=bool(i & 1))
+            assert ctypes.string_at(keep + 8, 4088) == pattern(keep, t, 4088)
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(NTHREADS)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        assert not errors, errors
+        run_threads(NTHREADS, worker)
         heap.collect()
         heap.check()
         assert heap.stats().heap_objects == NTHREADS

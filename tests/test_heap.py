@@ -16,6 +16,7 @@ import threading
 from itertools import pairwise
 
 import pytest
+from support import run_threads
 
 import realalloc
 from realalloc.core.sizeclasses import (
@@ -672,24 +673,6 @@ def test_span_of_addresses_the_heap_does_not_own(heap):
 
 
 # --- threads -------------------------------------------------------------------------
-
-
-def run_threads(n: int, target) -> None:
-    errors: list[BaseException] = []
-
-    def wrap(i: int) -> None:
-        try:
-            target(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 @pytest.mark.slow
